@@ -1,0 +1,62 @@
+"""What every stage shares at its entry point: argument parsing, logging, error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. -S split.seed=3 (YAML value); repeatable",
+    )
+    return p
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return load_params(args.params, overrides)
+
+
+def setup_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    # Model libraries are chatty at INFO; keep their warnings only.
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "transformers", "diffusers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[Sequence[str] | None], object]) -> int:
+    """Run a stage's ``main``; a :class:`PipelineError` prints one clear line, no traceback."""
+    setup_logging()
+    try:
+        main(None)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: outputs written so far are complete; re-run to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,229 @@
+"""The one place that reads and writes artifacts.
+
+Every output is written atomically: to a temporary file beside the target, flushed to disk,
+then renamed over it, so an interrupted stage never leaves a half-written file that a later
+stage would read. Parquet files are written with pyarrow and carry a JSON document in the
+file's key-value metadata under :data:`META_KEY`; :func:`read_meta` is the matching reader
+(polars and pyarrow disagree on where footer metadata lives, so we use one writer/reader pair).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"coldstart_cdr"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces directory ``path`` when the block succeeds.
+
+    The old directory is moved aside first and deleted only after the new one is in place, so
+    a crash leaves either the old or the new directory readable (plus a ``.old`` leftover that
+    the next run removes).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield tmp
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_bytes(data: bytes, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    write_bytes(text.encode("utf-8"), path)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write pretty, key-sorted JSON (stable bytes, readable diffs in git)."""
+    write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- parquet
+def _to_arrow(table: pa.Table | pl.DataFrame) -> pa.Table:
+    return table.to_arrow() if isinstance(table, pl.DataFrame) else table
+
+
+def write_parquet(
+    table: pa.Table | pl.DataFrame,
+    path: str | Path,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    schema: pa.Schema | None = None,
+) -> None:
+    """Write one Parquet file atomically, with ``meta`` as JSON in the footer.
+
+    When ``schema`` is given the table is cast to it first, so column types are the documented
+    ones whatever the producer inferred (and a missing column fails here, not downstream).
+    """
+    tbl = _to_arrow(table)
+    if schema is not None:
+        tbl = tbl.select(schema.names).cast(schema)
+    tbl = tbl.replace_schema_metadata(_meta_bytes(meta, tbl.schema.metadata))
+    with atomic_path(path) as tmp:
+        pq.write_table(tbl, tmp, compression="zstd")
+
+
+def _meta_bytes(meta: Mapping[str, Any] | None, existing: Mapping | None) -> dict:
+    out = {k: v for k, v in (existing or {}).items() if k != META_KEY}
+    if meta is not None:
+        out[META_KEY] = json.dumps(meta, sort_keys=True, default=_json_default).encode()
+    return out
+
+
+class ParquetPartWriter:
+    """Streams record batches into one Parquet file, renamed into place by :meth:`close`.
+
+    Used where a table is too large to hold in memory (parsing tens of millions of reviews).
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, meta: Mapping[str, Any] | None = None):
+        self.path = Path(path)
+        self.schema = schema.with_metadata(_meta_bytes(meta, schema.metadata))
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows:
+            self._writer.write(batch.cast(self.schema) if isinstance(batch, pa.Table) else batch)
+            self.rows += batch.num_rows
+
+    def set_meta(self, meta: Mapping[str, Any]) -> None:
+        """Set the footer metadata once the content is known (e.g. counts after parsing)."""
+        self._writer.add_key_value_metadata(_meta_bytes(meta, None))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> ParquetPartWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sink_parquet(
+    frame: pl.LazyFrame, path: str | Path, meta: Mapping[str, Any] | None = None
+) -> None:
+    """Stream a polars query into a Parquet file (bounded memory), atomically, with ``meta``."""
+    with atomic_path(path) as tmp:
+        frame.sink_parquet(tmp, compression="zstd")
+        if meta is not None:
+            _rewrite_meta(tmp, meta)
+
+
+def _rewrite_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    # Footer metadata cannot be appended in place: stream row groups into a new file.
+    src = pq.ParquetFile(path)
+    schema = src.schema_arrow
+    schema = schema.with_metadata(_meta_bytes(meta, schema.metadata))
+    out = path.with_suffix(".meta.tmp")
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for i in range(src.num_row_groups):
+            writer.write_table(src.read_row_group(i).replace_schema_metadata(schema.metadata))
+    os.replace(out, path)
+
+
+def read_meta(path: str | Path) -> dict:
+    """The JSON metadata that :func:`write_parquet` stored (``{}`` if none)."""
+    kv = pq.read_metadata(path).metadata or {}
+    raw = kv.get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
+    return pl.read_parquet(path, columns=columns)
+
+
+# --------------------------------------------------------------------------- hashing
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-able object, independent of dict order and of Python's hash seed."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,0 +1,20 @@
+"""Artifact locations, relative to the repository root (the stages' working directory).
+
+dvc.yaml names the same paths; keep the two in step.
+"""
+
+from pathlib import Path
+
+DATA = Path("data")
+RAW = DATA / "raw"  # downloaded or generated source files + manifest.json
+MANIFEST = RAW / "manifest.json"
+PARSE_CACHE = DATA / "cache" / "parsed"  # parsed raw files, keyed by checksum (resume)
+PREPARED = DATA / "prepared"  # canonical tables
+INTERACTIONS = PREPARED / "interactions.parquet"
+ITEMS = PREPARED / "items.parquet"
+USERS = PREPARED / "users.parquet"
+SPLIT = DATA / "split"
+ROLES = SPLIT / "roles.parquet"
+METRICS = Path("metrics")
+DATA_STATS = METRICS / "data_stats.json"
+SPLIT_STATS = METRICS / "split.json"
