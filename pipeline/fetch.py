@@ -1,0 +1,272 @@
+"""Streaming, resumable downloads of source files over HTTP(S), ``file://`` or a local path.
+
+The body is streamed into ``<dest>.part``. When a download breaks off (a dropped connection, a
+timeout, a killed run) the part file stays, and the next attempt asks the server only for the
+missing bytes with a ``Range`` request. Only a complete file, checked against
+``expected_sha256`` when one is given, is renamed onto ``dest``, so a stage never reads a
+truncated download. A part file is assumed to belong to the same remote file; pass
+``expected_sha256`` to catch a file that changed on the server between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import requests
+import urllib3
+from tqdm import tqdm
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+MAX_DELAY = 60.0
+# Transport failures worth another attempt; urllib3's errors surface from the raw body stream.
+_TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+)
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    url: str
+    path: Path
+    size: int
+    sha256: str
+    attempts: int
+    resumed: bool
+
+
+class FetchError(PipelineError):
+    """A download that failed for good: names the URL, the attempts made and the last reason."""
+
+    def __init__(self, url: str, reason: str, attempts: int):
+        self.url = url
+        self.reason = reason
+        self.attempts = attempts
+        plural = "" if attempts == 1 else "s"
+        super().__init__(f"{reason} for {url} ({attempts} attempt{plural})")
+
+
+class _Retry(Exception):
+    """A transient failure; ``delay`` is the server's Retry-After in seconds, if it sent one."""
+
+    def __init__(self, reason: str, delay: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class _Fatal(Exception):
+    """A failure that another attempt would not fix (404, a wrong checksum, a missing file)."""
+
+
+def fetch(
+    url: str,
+    dest: str | Path,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    expected_sha256: str | None = None,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+) -> FetchResult:
+    """Download ``url`` to ``dest`` atomically, resuming from ``dest.part`` where possible.
+
+    Transient failures are retried ``retries`` times, waiting ``backoff * 2**n`` seconds (at
+    most 60, or the server's Retry-After). Raises :class:`FetchError` when the download fails.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    bar = {"desc": dest.name, "unit": "B", "unit_scale": True, "unit_divisor": 1024}
+    # disable=None lets tqdm hide the bar when stderr is not a terminal (logs, CI).
+    bar["disable"] = None if progress else True
+    is_http = urlsplit(url).scheme.lower() in ("http", "https")
+    attempts, resumed = 1, False
+    try:
+        if is_http:
+            digest, size, attempts, resumed = _fetch_http(
+                url, part, retries, backoff, timeout, chunk_size, bar
+            )
+        else:
+            digest, size = _copy_local(url, part, chunk_size, bar)
+        if expected_sha256 is not None and digest != expected_sha256.lower():
+            part.unlink(missing_ok=True)  # a complete but wrong file: resuming cannot fix it
+            raise _Fatal(f"sha256 mismatch (expected {expected_sha256.lower()}, got {digest})")
+    except _Fatal as exc:
+        raise FetchError(url, str(exc), attempts) from exc.__cause__
+    with open(part, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(part, dest)
+    log.info("fetched %s -> %s (%d bytes, sha256 %s)", url, dest, size, digest)
+    return FetchResult(url, dest, size, digest, attempts, resumed)
+
+
+def _fetch_http(
+    url: str, part: Path, retries: int, backoff: float, timeout: float, chunk_size: int, bar: dict
+) -> tuple[str, int, int, bool]:
+    """Run the attempts; return ``(sha256, size, attempts, resumed)``."""
+    with requests.Session() as session:
+        for attempt in range(retries + 1):
+            try:
+                digest, size, resumed = _attempt(session, url, part, timeout, chunk_size, bar)
+                return digest, size, attempt + 1, resumed
+            except _Fatal as exc:
+                raise FetchError(url, str(exc), attempt + 1) from exc.__cause__
+            except _Retry as exc:
+                if attempt == retries:
+                    raise FetchError(url, exc.reason, attempt + 1) from exc.__cause__
+                wait = exc.delay if exc.delay is not None else backoff * 2**attempt
+                wait = min(wait, MAX_DELAY)
+                log.warning(
+                    "%s: attempt %d of %d failed (%s); retrying in %.1f s",
+                    url,
+                    attempt + 1,
+                    retries + 1,
+                    exc.reason,
+                    wait,
+                )
+                time.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _attempt(
+    session: requests.Session, url: str, part: Path, timeout: float, chunk_size: int, bar: dict
+) -> tuple[str, int, bool]:
+    """One request: append the rest of the body to ``part``; return ``(sha256, size, resumed)``."""
+    have = part.stat().st_size if part.exists() else 0
+    # Identity encoding: Range offsets and published checksums refer to the bytes as stored.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+            status, reason = resp.status_code, f"HTTP {resp.status_code} {resp.reason}"
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            if status == 416 and have:
+                if total == have:  # the part already holds the whole file (killed before rename)
+                    return _hash_prefix(part, have).hexdigest(), have, True
+                resp.close()
+                part.unlink()  # the part does not fit the remote file: start over
+                return _attempt(session, url, part, timeout, chunk_size, bar)
+            if status >= 500 or status in (408, 429):
+                raise _Retry(reason, _retry_after(resp.headers.get("Retry-After")))
+            if status not in (200, 206):
+                raise _Fatal(reason)
+            if status == 206 and start != have:
+                part.unlink()
+                raise _Retry(f"server resumed at byte {start}, not at {have}")
+            resumed = status == 206 and have > 0
+            offset = have if resumed else 0  # a 200 answer is the whole file: start over
+            length = resp.headers.get("Content-Length")
+            expected = offset + int(length) if length and length.isdigit() else total
+            hasher = _hash_prefix(part, offset) if resumed else hashlib.sha256()
+            with open(part, "ab" if resumed else "wb") as fh:
+                size = _copy(
+                    resp.raw.stream(chunk_size, decode_content=False),
+                    fh,
+                    hasher,
+                    bar,
+                    initial=offset,
+                    total=expected,
+                )
+            if expected is not None and size < expected:
+                raise _Retry(f"body ended after {size} of {expected} bytes")
+            return hasher.hexdigest(), size, resumed
+    except _TRANSIENT as exc:
+        done = part.stat().st_size if part.exists() else 0
+        raise _Retry(f"{_describe(exc, timeout)}, {done} bytes on disk") from exc
+    except requests.RequestException as exc:  # a bad URL, too many redirects: not transient
+        raise _Fatal(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _copy_local(url: str, part: Path, chunk_size: int, bar: dict) -> tuple[str, int]:
+    """Copy a ``file://`` URL or a local path into ``part``; return ``(sha256, size)``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file":
+        src = Path(url2pathname(parts.path))
+    elif len(parts.scheme) <= 1:  # a plain path (one letter: a Windows drive)
+        src = Path(url)
+    else:
+        raise _Fatal(f"unsupported URL scheme '{parts.scheme}'")
+    try:
+        fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise _Fatal(f"cannot read {src}: {exc.strerror}") from exc
+    hasher = hashlib.sha256()
+    with fin, open(part, "wb") as fout:
+        blocks = iter(lambda: fin.read(chunk_size), b"")
+        size = _copy(blocks, fout, hasher, bar, initial=0, total=os.fstat(fin.fileno()).st_size)
+    return hasher.hexdigest(), size
+
+
+def _copy(
+    blocks: Iterable[bytes],
+    out: BinaryIO,
+    hasher: Any,
+    bar: dict,
+    *,
+    initial: int,
+    total: int | None,
+) -> int:
+    """Write ``blocks`` to ``out`` and the hash; return the file size (``initial`` + written)."""
+    size = initial
+    with tqdm(total=total, initial=initial, **bar) as progress:
+        for block in blocks:
+            out.write(block)
+            hasher.update(block)
+            size += len(block)
+            progress.update(len(block))
+    return size
+
+
+def _hash_prefix(path: Path, length: int, chunk: int = 1 << 20) -> Any:
+    """sha256 state after the first ``length`` bytes of ``path`` (the part being resumed)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while length > 0 and (block := fh.read(min(chunk, length))):
+            hasher.update(block)
+            length -= len(block)
+    return hasher
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``(start, total)`` of a Content-Range header; None where absent or ``*``."""
+    match = _CONTENT_RANGE.match(value or "")
+    if not match:
+        return None, None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total.isdigit() else None)
+
+
+def _describe(exc: Exception, timeout: float) -> str:
+    """A short reason for a transport error (urllib3's messages repeat themselves at length)."""
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
+        return f"timed out after {timeout:g} s"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
+        return "connection dropped mid-body"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a numeric Retry-After header (the HTTP-date form falls back to backoff)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

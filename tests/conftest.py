@@ -1,0 +1,53 @@
+"""Shared fixtures: the repository root, ../shared/data (skipped with a reason if absent),
+and a scratch project directory where stages run with their relative paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.httpserver import http_server  # noqa: F401  (re-exported fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DENSE = SHARED / "data" / "amazon-books-movies-dense"
+ITEM_TEXT = SHARED / "data" / "amazon-item-text"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not DENSE.exists():
+        pytest.skip(f"real data not found at {SHARED / 'data'} (../shared beside the repository)")
+    return SHARED / "data"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty project directory with the repository's params.yaml; stages run inside it."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(path: Path, **sections) -> Path:
+    """Write params.yaml from the repository's defaults with some sections replaced/merged."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(params.get(name), dict) and name != "dataset":
+            params[name] = {**params[name], **value}
+        else:
+            params[name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Tests never reach a model hub.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
