@@ -1,0 +1,36 @@
+"""Cold-start methods. Each one turns a cold user's source-domain information into scores
+over the target items, expressed as :class:`Factors` (score = <user row, item row>), so that
+evaluation and batch scoring are the same matrix product for every method.
+
+Registry: :data:`METHODS` maps the benchmark's method names to classes.
+"""
+
+from __future__ import annotations
+
+from pipeline.cdr.methods.base import Factors, FitContext, Method
+from pipeline.cdr.methods.baselines import (
+    GlobalMean,
+    ItemMean,
+    ItemMeanUserBias,
+    Popularity,
+    TargetMF,
+)
+from pipeline.cdr.methods.diffcdr import DiffCDR
+from pipeline.cdr.methods.emcdr import EMCDR
+from pipeline.cdr.methods.ptupcdr import PTUPCDR
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        GlobalMean,
+        Popularity,
+        ItemMean,
+        ItemMeanUserBias,
+        TargetMF,
+        EMCDR,
+        PTUPCDR,
+        DiffCDR,
+    )
+}
+
+__all__ = ["METHODS", "Factors", "FitContext", "Method"]

@@ -1,0 +1,73 @@
+"""Target-only and statistical floors: what a cold-start method must beat to be worth it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.cdr.methods.base import Factors, FitContext, Method
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+class GlobalMean(Method):
+    """Every rating is the target domain's mean (its ranking is item order: uninformative)."""
+
+    name = "global_mean"
+    needs_ratings = True
+
+    def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        item = np.full((ctx.data.n_tgt_items, 1), ctx.global_mean)
+        return Factors(torch.ones(len(users), 1), _t(item))
+
+
+class Popularity(Method):
+    """Rank target items by how many visible users liked them (rating >= 4; any if implicit)."""
+
+    name = "popularity"
+    has_ratings = False
+
+    def ranking_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        # Ties between equally liked items go to the more often rated one.
+        score = ctx.item_positive + ctx.item_count / (ctx.item_count.max() + 1.0)
+        return Factors(torch.ones(len(users), 1), _t(score[:, None]))
+
+
+class ItemMean(Method):
+    """The item's mean target rating (global mean for items nobody visible rated)."""
+
+    name = "item_mean"
+    needs_ratings = True
+
+    def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        return Factors(torch.ones(len(users), 1), _t(ctx.item_mean[:, None]))
+
+
+class ItemMeanUserBias(Method):
+    """Item mean + the user's source-domain rating bias shrunk by n / (n + 5).
+
+    The bias is the mean of the user's source ratings minus those items' source means. A strong,
+    honest floor: it transfers a user's generosity, nothing about taste.
+    """
+
+    name = "item_mean_user_bias"
+    needs_ratings = True
+
+    def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        user = np.stack([ctx.src.bias[users], np.ones(len(users))], 1)
+        item = np.stack([np.ones(ctx.data.n_tgt_items), ctx.item_mean], 1)
+        return Factors(_t(user), _t(item))
+
+
+class TargetMF(Method):
+    """The target-domain MF alone: a cold user has no vector, so mu + b_i (ranked by b_i)."""
+
+    name = "tgt_mf"
+    needs_ratings = True
+
+    def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        mf = ctx.base.tgt_mf
+        item = mf.global_mean + mf.item_bias.weight.detach()[:, 0]
+        return Factors(torch.ones(len(users), 1), item[:, None].float())
