@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.cdr.configs import TrainParams
 from pipeline.errors import ParamsError
 
 FORMATS = ("synthetic", "amazon2023", "amazon2018", "amazon2014", "recbole")
@@ -124,6 +125,7 @@ class Params(Section):
     prepare: PrepareParams = PrepareParams()
     pair: PairParams = PairParams()
     split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
 
     @model_validator(mode="after")
     def _check_pair(self) -> Params:

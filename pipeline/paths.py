@@ -18,3 +18,7 @@ ROLES = SPLIT / "roles.parquet"
 METRICS = Path("metrics")
 DATA_STATS = METRICS / "data_stats.json"
 SPLIT_STATS = METRICS / "split.json"
+MODELS = DATA / "models"  # trained base models and cold-start methods (torch state dicts)
+COLD_START = METRICS / "cold_start.json"  # test metrics of every method
+VALID = METRICS / "cold_start_valid.json"  # the same on validation cold users
+PLOTS = Path("plots")

@@ -14,28 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from models.mf import BPRMF, BiasedMF
+from pipeline.cdr.configs import MFConfig
 from pipeline.cdr.data import CDRData, Interactions
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 
 log = logging.getLogger("train")
-
-
-class MFConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dim: int = Field(32, ge=1)  # latent dimension
-    epochs: int = Field(60, ge=1)  # upper bound; early stopping on a warm holdout decides
-    lr: float = Field(0.01, gt=0)
-    reg: float = Field(0.05, ge=0)  # L2 on the parameters each batch touches
-    batch_size: int = Field(1024, ge=1)
-    patience: int = Field(4, ge=0)
-    bpr_dim: int = Field(32, ge=1)  # ranking model (BPR) dimension
-    bpr_reg: float = Field(0.01, ge=0)
-    bpr_epochs: int = Field(60, ge=1)
-    shrinkage: float = Field(5.0, ge=0)  # source bias shrunk by n / (n + shrinkage)
 
 
 @dataclass

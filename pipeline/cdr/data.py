@@ -124,3 +124,14 @@ def build(interactions: pl.DataFrame, roles: pl.DataFrame, source: str, target: 
     )
     data.check_no_leakage()
     return data
+
+
+def load(interactions_path, roles_path, source: str, target: str) -> CDRData:
+    """:func:`build` from the ``prepare`` and ``split`` stages' Parquet files."""
+    from pipeline.io import read_parquet
+
+    interactions = read_parquet(
+        interactions_path, columns=["user_id", "item_id", "domain", "rating"]
+    )
+    interactions = interactions.filter(pl.col("domain").is_in([source, target]))
+    return build(interactions, read_parquet(roles_path), source, target)

@@ -113,3 +113,24 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if arr.size == 0:
         return float("nan"), float("nan")
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def sampling_steps_curve(
+    fitted: Fitted, which: str = "valid", steps=(1, 2, 5, 10, 20, 30)
+) -> list[dict]:
+    """Metrics of every diffusion method by number of sampling steps (``with_steps``)."""
+    rows = []
+    ctx = fitted.ctx
+    users = ctx.data.cold_users(which)
+    for name, method in fitted.methods.items():
+        if not hasattr(method, "with_steps"):
+            continue
+        for n in steps:
+            with torch.no_grad(), method.with_steps(n):
+                row: dict[str, Any] = {"method": name, "steps": n}
+                rating = method.rating_factors(ctx, users)
+                if rating is not None and ctx.data.explicit:
+                    row.update(ctx.rating_metrics(rating, which))
+                row.update(ctx.ranking_metrics(method.ranking_factors(ctx, users), which, ks=(10,)))
+            rows.append(row)
+    return rows

@@ -86,8 +86,35 @@ class Method:
         self.config = config
         self.info: dict[str, Any] = {}
 
+    # Attributes saved besides the torch modules (e.g. a selected guidance scale).
+    saved_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def build(self, ctx: FitContext) -> None:
+        """Create the (untrained) networks for this data; ``fit`` and loading both call it."""
+
     def fit(self, ctx: FitContext) -> None:
         """Train (with any model selection on ``ctx``'s valid cold users only)."""
+        self.build(ctx)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "attributes": {k: getattr(self, k) for k in self.saved_attributes},
+            "info": self.info,
+        }
+
+    def load_state_dict(self, ctx: FitContext, state: dict[str, Any]) -> None:
+        """Rebuild for ``ctx`` and restore trained weights (no training)."""
+        self.build(ctx)
+        for name, module in self.modules().items():
+            module.load_state_dict(state["modules"][name])
+            module.eval()
+        for key, value in state["attributes"].items():
+            setattr(self, key, value)
+        self.info = state["info"]
 
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors | None:
         return None

@@ -15,37 +15,24 @@ Unlike the public code, epochs and the guidance scale are chosen on validation c
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
 from models.denoisers import LinearDenoiser
 from models.diffusion import VectorDiffusion
+from pipeline.cdr.configs import DiffCDRConfig
 from pipeline.cdr.methods.base import Factors, FitContext, Method
 from pipeline.cdr.methods.spaces import Space, main_space, target_rows
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 
 
-class DiffCDRConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hidden: int = Field(128, ge=2)  # diff_dim in the public config
-    timesteps: int = Field(1000, ge=10)
-    sample_steps: int = Field(30, ge=1)  # DPM-Solver function evaluations
-    guidance: float = Field(0.1, ge=0)  # the public default scale
-    guidance_grid: list[float] = [0.1, 0.5, 1.0, 2.0, 4.0]  # tried on validation after training
-    cond_drop: float = Field(0.1, ge=0, le=1)
-    task_lambda: float = Field(0.1, ge=0)
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(512, ge=1)
-    patience: int = Field(3, ge=0)
-
-
 class DiffCDR(Method):
     name = "diffcdr"
+    saved_attributes = ("guidance",)
 
     def __init__(self, config: DiffCDRConfig | None = None):
         super().__init__(config or DiffCDRConfig())
@@ -64,6 +51,7 @@ class DiffCDR(Method):
         self.align = nn.Linear(dim, dim, bias=False)  # the Alignment Module
         nn.init.eye_(self.align.weight)
         self.guidance = cfg.guidance
+        self.sample_steps = cfg.sample_steps
 
     def sample(self, cond: torch.Tensor, guidance: float | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -72,7 +60,7 @@ class DiffCDR(Method):
                 cond,
                 x_T=cond,  # start from the source vector
                 guidance=self.guidance if guidance is None else guidance,
-                steps=self.config.sample_steps,
+                steps=self.sample_steps,
                 kind="dpmsolver++",
                 order=3,
             )
@@ -140,6 +128,16 @@ class DiffCDR(Method):
             "guidance": self.guidance,
             f"valid_{self.space.select_metric}": scores[self.guidance],
         }
+
+    @contextlib.contextmanager
+    def with_steps(self, steps: int):
+        """Temporarily sample with another number of solver steps."""
+        saved = self.sample_steps
+        self.sample_steps = steps
+        try:
+            yield self
+        finally:
+            self.sample_steps = saved
 
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors | None:
         return self.space.factors(self.generate(users)) if self.space.kind == "rating" else None

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from pipeline.cdr.configs import EMCDRConfig
 from pipeline.cdr.methods.base import Factors, FitContext, Method
 from pipeline.cdr.methods.spaces import Space, main_space
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
-
-
-class EMCDRConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hidden: int = Field(64, ge=1)  # the paper's MLP: one tanh hidden layer
-    epochs: int = Field(300, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    eval_every: int = Field(5, ge=1)
-    patience: int = Field(10, ge=0)  # evaluations without improvement on valid_cold
 
 
 class EMCDR(Method):

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from models.mapping import MetaBridge
+from pipeline.cdr.configs import PTUPCDRConfig
 from pipeline.cdr.methods.base import Factors, FitContext, Method
 from pipeline.cdr.methods.history import padded_history
 from pipeline.cdr.methods.spaces import Space, main_space, target_rows
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
-
-
-class PTUPCDRConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    meta_dim: int = Field(50, ge=1)  # the paper's default
-    max_history: int = Field(20, ge=1)  # source items per user (the paper pads to 20)
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(512, ge=1)
-    patience: int = Field(4, ge=0)
 
 
 class PTUPCDR(Method):

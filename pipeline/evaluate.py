@@ -1,0 +1,81 @@
+"""Stage ``evaluate``: cold-start metrics of every trained method on the same split.
+
+Test metrics of the selected models (``metrics/cold_start.json``, one entry per method:
+``mae``, ``rmse``, ``ndcg@10``, ``hit@10``, ``recall@10``, ``mrr@10`` and the same at 20),
+the validation metrics they were selected on (``metrics/cold_start_valid.json``), and DVC
+plot data: ``plots/methods.csv`` (metric by method) and ``plots/sampling_steps.csv`` (the
+generator's metrics by number of sampling steps, on validation users).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+
+from pipeline import cli, paths
+from pipeline.cdr import data as cdr_data
+from pipeline.cdr import harness, store
+from pipeline.config import Params
+from pipeline.io import write_json, write_text
+
+log = logging.getLogger("evaluate")
+
+PLOT_COLUMNS = (
+    "method",
+    "mae",
+    "rmse",
+    "ndcg@10",
+    "hit@10",
+    "recall@10",
+    "mrr@10",
+    "ndcg@20",
+    "hit@20",
+)
+
+
+def _round(row: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items() if k != "info"}
+
+
+def _csv(rows: list[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def evaluate(params: Params) -> dict:
+    pair = params.pair
+    data = cdr_data.load(paths.INTERACTIONS, paths.ROLES, pair.source, pair.target)
+    fitted = store.load(paths.MODELS, data, params.train)
+    test = harness.evaluate(fitted, "test")
+    valid = harness.evaluate(fitted, "valid")
+    write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)
+    write_json({m: _round(r) for m, r in valid.items()}, paths.VALID)
+    rows = [{"method": m, **_round(r)} for m, r in test.items()]
+    write_text(_csv(rows, PLOT_COLUMNS), paths.PLOTS / "methods.csv")
+    steps_rows = harness.sampling_steps_curve(fitted, "valid")
+    write_text(
+        _csv(steps_rows, ("method", "steps", "rmse", "mae", "ndcg@10", "hit@10")),
+        paths.PLOTS / "sampling_steps.csv",
+    )
+    log.info("test metrics on %d cold users:", len(data.cold_users("test")))
+    for name, row in test.items():
+        log.info("%s", harness.summary_line(name, row))
+    log.info("wrote %s, %s and %s", paths.COLD_START, paths.VALID, paths.PLOTS)
+    return test
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    return evaluate(cli.params_from(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))

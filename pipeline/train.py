@@ -1,0 +1,58 @@
+"""Stage ``train``: base models and every cold-start method for the (source, target) pair.
+
+Fits the per-domain base models (biased MF and BPR), then each method in ``train.methods``,
+with every selection (epochs, guidance scale, blend weights) made on the ``valid_cold`` users
+only. Writes ``data/models/`` (see :mod:`pipeline.cdr.store`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pipeline import cli, paths
+from pipeline.cdr import data as cdr_data
+from pipeline.cdr import harness, store
+from pipeline.config import Params
+from pipeline.io import stable_hash
+
+log = logging.getLogger("train")
+
+
+def train(params: Params) -> harness.Fitted:
+    pair = params.pair
+    data = cdr_data.load(paths.INTERACTIONS, paths.ROLES, pair.source, pair.target)
+    log.info(
+        "%s -> %s: %d users (%d train overlap, %d side, %d valid cold, %d test cold), %d / %d items, %s",
+        pair.source,
+        pair.target,
+        data.n_users,
+        len(data.users("train_overlap")),
+        len(data.users("side")),
+        len(data.users("valid_cold")),
+        len(data.users("test_cold")),
+        data.n_src_items,
+        data.n_tgt_items,
+        "explicit ratings" if data.explicit else "implicit feedback",
+    )
+    tp = params.train
+    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, tp.threads)
+    meta = {
+        "dataset": params.dataset.name,
+        "source": pair.source,
+        "target": pair.target,
+        "seed": tp.seed,
+        "params_hash": stable_hash(tp.model_dump()),
+    }
+    store.save(fitted, paths.MODELS, meta)
+    log.info("wrote %s (%s)", paths.MODELS, ", ".join(fitted.methods))
+    return fitted
+
+
+def main(argv: Sequence[str] | None = None) -> harness.Fitted:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    return train(cli.params_from(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
