@@ -114,6 +114,54 @@ class SplitParams(Section):
         return self
 
 
+class ImagesParams(Section):
+    enabled: bool = False  # fetch item images (the image encoder needs them)
+    max_per_item: int = Field(1, ge=1)  # first N image URLs of an item
+    workers: int = Field(16, ge=1)  # concurrent downloads
+    timeout_seconds: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0)
+    max_bytes: int = Field(5_000_000, ge=1)  # bigger images are recorded as too_large
+    shard_rows: int = Field(2000, ge=1)  # images per Parquet shard
+
+
+class ClipParams(Section):
+    model: str = "ViT-B-32"  # open_clip architecture name
+    pretrained: str = "openai"  # pretrained tag, local checkpoint file, local-dir:PATH or hf-hub:ORG/NAME
+    batch_size: int = Field(64, ge=1)
+
+
+class CaptionParams(Section):
+    enabled: bool = False  # multimodal-LLM caption of each item image
+    model: str | None = None  # transformers vision-language model: Hub name or local directory
+    prompt: str = "prompts/item_caption_v1.txt"
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class ItemFeaturesParams(Section):
+    text_encoder: str = "minilm"  # minilm (offline package), clip (CLIP text tower), or a Hub name / local dir
+    image_encoder: Literal["none", "clip"] = "none"  # "clip" needs images.enabled
+    clip: ClipParams = ClipParams()
+    caption: CaptionParams = CaptionParams()
+    batch_size: int = Field(64, ge=1)
+    max_text_chars: int = Field(1000, ge=16)  # longer text is cut (titles can be huge)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+class UserProfilesParams(Section):
+    enabled: bool = True
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: str = "smollm2"  # "smollm2" (offline GGUF package), a Hub name or local dir; the served model for openai
+    gguf_file: str | None = None  # GGUF file inside a local model directory
+    endpoint: str | None = None  # OpenAI-compatible base URL (backend openai)
+    template: str = "prompts/user_profile_v1.txt"
+    max_items: int = Field(8, ge=1)  # history items shown to the LLM, most informative first
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback
+    device: str = "auto"
+
+
 class Params(Section):
     """All of params.yaml. Sections that a stage does not use still have to be valid."""
 
@@ -125,10 +173,15 @@ class Params(Section):
     prepare: PrepareParams = PrepareParams()
     pair: PairParams = PairParams()
     split: SplitParams = SplitParams()
+    images: ImagesParams = ImagesParams()
+    item_features: ItemFeaturesParams = ItemFeaturesParams()
+    user_profiles: UserProfilesParams = UserProfilesParams()
     train: TrainParams = TrainParams()
 
     @model_validator(mode="after")
     def _check_pair(self) -> Params:
+        if self.item_features.image_encoder == "clip" and not self.images.enabled:
+            raise ValueError("item_features.image_encoder: 'clip' needs images.enabled: true")
         for role in ("source", "target"):
             name = getattr(self.pair, role)
             if name not in self.dataset.domains:

@@ -51,3 +51,31 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TINY_SYNTHETIC = {
+    "n_users": 240,
+    "n_items": 80,
+    "min_per_user": 5,
+    "max_per_user": 15,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A small embedded-sample project with download, prepare and split done (read-only!)."""
+    from pipeline import download, prepare, split
+    from pipeline.config import load_params
+
+    root = tmp_path_factory.mktemp("tiny")
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        write_params(root / "params.yaml", synthetic=TINY_SYNTHETIC)
+        params = load_params(root / "params.yaml")
+        download.download(params)
+        prepare.prepare(params)
+        split.split(params)
+    finally:
+        os.chdir(old)
+    return root

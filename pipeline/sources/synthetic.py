@@ -190,7 +190,7 @@ def generate(
             for i in range(n_items):
                 record = _item_record(rng, spec, item_ids[i], main[i], second[i], quality[i])
                 if image_base_url:
-                    url = f"{image_base_url.rstrip('/')}/{domain}/{item_ids[i]}.png"
+                    url = f"{image_base_url.rstrip('/')}/{domain}/images/{item_ids[i]}.png"
                     record["images"] = [
                         {"thumb": url, "large": url, "hi_res": None, "variant": "MAIN"}
                     ]

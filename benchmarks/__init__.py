@@ -1,0 +1,1 @@
+"""Benchmarks: printed tables with the reference measured in the same run."""

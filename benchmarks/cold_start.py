@@ -1,0 +1,215 @@
+"""Cold-start benchmark: every method through the pipeline's harness on RecBole .inter files.
+
+    python -m benchmarks.cold_start --source Books.inter --target Movies.inter \\
+        [--splits-dir DIR] --betas 0.2,0.5,0.8 --seeds 1,2,3 --out results.json
+
+``--source`` / ``--target`` take RecBole-style ``.inter`` files, with or without ``:token``
+typed headers, with or without a rating column (without one: implicit feedback, ranking
+metrics only). Duplicate (user, item) rows are merged by their mean rating.
+
+Per (beta, seed): beta of the overlapping users are test cold users (or the users listed in
+``DIR/beta<B>_seed<S>/cold_users.txt`` with ``--splits-dir``; a ``valid_users.txt`` beside it
+pins the validation users too), 10 % of the overlapping users drawn from the rest are
+validation cold users, every selection uses those only, and the test metrics of the selected
+models are reported. Writes a JSON array (one record per beta, seed and method) and prints
+mean +- std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.cdr import harness
+from pipeline.cdr.configs import TrainParams
+from pipeline.cdr.data import build
+from pipeline.config import SplitParams, load_params
+from pipeline.errors import DamageLog, PipelineError
+from pipeline.io import write_json
+from pipeline.sources.recbole import read_inter
+from pipeline.split import assign_roles
+
+log = logging.getLogger("benchmark")
+
+RECORD_METRICS = ("mae", "rmse", "ndcg@10", "hit@10", "recall@10", "mrr@10", "ndcg@20", "hit@20", "recall@20", "mrr@20")
+TABLE_METRICS = ("mae", "rmse", "ndcg@10", "hit@10")
+
+
+def read_domain(path: Path, domain: str) -> tuple[pl.DataFrame, dict]:
+    """One .inter file as (user_id, item_id, domain, rating) with duplicates merged by mean."""
+    damage = DamageLog(str(path), max_bad_fraction=0.001)
+    table = pa.Table.from_batches(list(read_inter(path, damage)))
+    damage.check()
+    raw = pl.from_arrow(table).select("user_id", "item_id", "rating")
+    merged = (
+        raw.group_by(["user_id", "item_id"], maintain_order=True)
+        .agg(pl.col("rating").mean(), n=pl.len(), distinct=pl.col("rating").n_unique())
+        .with_columns(domain=pl.lit(domain))
+    )
+    stats = {
+        "rows": raw.height,
+        "duplicate_rows_merged": int((merged["n"] - 1).sum()),
+        "conflicting_pairs": int((merged["distinct"] > 1).sum()),
+    }
+    return merged.select("user_id", "item_id", "domain", "rating"), stats
+
+
+def split_files(splits_dir: Path | None, beta: float, seed: int) -> tuple[str | None, str | None]:
+    if splits_dir is None:
+        return None, None
+    for folder in (splits_dir / f"beta{beta}_seed{seed}", splits_dir):
+        cold = folder / "cold_users.txt"
+        if cold.exists():
+            valid = folder / "valid_users.txt"
+            return str(cold), (str(valid) if valid.exists() else None)
+    raise PipelineError(f"{splits_dir}: no beta{beta}_seed{seed}/cold_users.txt (nor cold_users.txt)")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    train = _train_params(args.params)
+    methods = args.methods.split(",") if args.methods else list(train.methods)
+    inter_src, src_stats = read_domain(args.source, "source")
+    inter_tgt, tgt_stats = read_domain(args.target, "target")
+    interactions = pl.concat([inter_src, inter_tgt])
+    src_users = set(inter_src["user_id"].to_list())
+    tgt_users = set(inter_tgt["user_id"].to_list())
+    dataset = args.dataset or f"{args.source.stem}->{args.target.stem}"
+    log.info(
+        "%s: source %d rows (%d duplicates merged), target %d rows (%d merged), %d overlapping users",
+        dataset, src_stats["rows"], src_stats["duplicate_rows_merged"], tgt_stats["rows"],
+        tgt_stats["duplicate_rows_merged"], len(src_users & tgt_users),
+    )
+    records = []
+    for beta in args.betas:
+        for seed in args.seeds:
+            test_file, valid_file = split_files(args.splits_dir, beta, seed)
+            split = SplitParams(
+                seed=seed, test_fraction=beta, valid_fraction=args.valid_fraction,
+                test_users_file=test_file, valid_users_file=valid_file,
+            )
+            roles = assign_roles(src_users, tgt_users, split)
+            roles_df = pl.DataFrame({"user_id": sorted(roles), "role": [roles[u] for u in sorted(roles)]})
+            data = build(interactions, roles_df, "source", "target")
+            start = time.perf_counter()
+            fitted = harness.fit(data, methods, train.method_configs(), train.base, seed, train.threads)
+            results = harness.evaluate(fitted, "test")
+            log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
+            for name, row in results.items():
+                records.append(
+                    {
+                        "dataset": dataset,
+                        "source": str(args.source),
+                        "target": str(args.target),
+                        "beta": beta,
+                        "seed": seed,
+                        "method": name,
+                        **{k: row.get(k) for k in RECORD_METRICS},
+                        "train_seconds": row["train_seconds"],
+                        "infer_seconds": row["infer_seconds"],
+                        "base_seconds": fitted.ctx.base.seconds,
+                        "test_users": int(len(data.cold_users("test"))),
+                        "ranked_users": row.get("ranked_users"),
+                        "selection": row.get("info"),
+                    }
+                )
+            if args.out:
+                write_json(records, args.out)  # after every split: a crash keeps what finished
+    return records
+
+
+def table(records: list[dict], metrics=TABLE_METRICS) -> str:
+    """Markdown table: mean +- std over seeds, one row per method, one column group per beta."""
+    betas = sorted({r["beta"] for r in records})
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    head = "| method | " + " | ".join(f"β={b} {m}" for b in betas for m in metrics) + " |"
+    lines = [head, "|---" * (1 + len(betas) * len(metrics)) + "|"]
+    for method in methods:
+        cells = []
+        for b in betas:
+            rows = [r for r in records if r["method"] == method and r["beta"] == b]
+            for m in metrics:
+                values = [r[m] for r in rows if r.get(m) is not None]
+                if not values:
+                    cells.append("-")
+                    continue
+                mean, std = harness.mean_std(values)
+                cells.append(f"{mean:.4f} ± {std:.4f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(records: list[dict]) -> str:
+    betas = sorted({r["beta"] for r in records})
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lines = ["| method | " + " | ".join(f"β={b} train s | β={b} infer s" for b in betas) + " |"]
+    lines.append("|---" * (1 + 2 * len(betas)) + "|")
+    for method in methods:
+        cells = []
+        for b in betas:
+            rows = [r for r in records if r["method"] == method and r["beta"] == b]
+            cells.append(f"{np.mean([r['train_seconds'] for r in rows]):.1f}")
+            cells.append(f"{np.mean([r['infer_seconds'] for r in rows]):.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    base = [r["base_seconds"] for r in records if r["method"] == methods[0]]
+    lines.append(f"\nbase models (shared by all methods): {np.mean(base):.1f} s per split")
+    return "\n".join(lines)
+
+
+def _train_params(path: str | None) -> TrainParams:
+    if path is None:
+        return TrainParams()
+    return load_params(path).train
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", type=Path, required=True, help="source-domain .inter file")
+    p.add_argument("--target", type=Path, required=True, help="target-domain .inter file")
+    p.add_argument("--splits-dir", type=Path, help="DIR/beta<B>_seed<S>/cold_users.txt pins the test users")
+    p.add_argument("--betas", type=_floats, default=[0.2, 0.5, 0.8], help="test shares of overlapping users")
+    p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split and model seeds")
+    p.add_argument("--methods", help="comma-separated subset (default: train.methods of --params)")
+    p.add_argument("--params", default="params.yaml", help="take the train section from this params file")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="validation share of overlapping users")
+    p.add_argument("--dataset", help="name recorded in the results (default: from the file names)")
+    p.add_argument("--out", type=Path, help="write the JSON records here")
+    args = p.parse_args(argv)
+    if args.params and not Path(args.params).exists():
+        args.params = None
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    try:
+        records = run(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(table(records))
+    print()
+    print(timing_table(records))
+    if args.out:
+        print(f"\nwrote {len(records)} records to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

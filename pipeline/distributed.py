@@ -1,0 +1,52 @@
+"""Data parallelism for the heavy stages, through accelerate (torch.distributed).
+
+Run a stage as ``accelerate launch -m pipeline.<stage>`` (on one machine or many): each rank
+takes every ``world``-th row of the work list and writes its own Parquet part; rank 0 waits
+for the others and then finishes the store. Run plainly, the stage is rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class Rank:
+    index: int
+    world: int
+    device: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def shard(self, n: int) -> range:
+        """This rank's rows of ``n``: a strided split, so every rank gets a similar mix."""
+        return range(self.index, n, self.world)
+
+
+@cache
+def rank(device: str = "auto") -> Rank:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device == "cpu")
+        return Rank(state.process_index, state.num_processes, str(state.device))
+    return Rank(0, 1, resolve_device(device))
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def barrier() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
