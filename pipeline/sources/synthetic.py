@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import write_bytes
+from pipeline.sources.synthetic_images import draw_item_image, item_seed
 
 GENRES = {
     "fantasy": ["dragon", "wizard", "kingdom", "quest", "sorcery", "elven", "prophecy", "sword"],
@@ -107,6 +108,10 @@ def generate(
     image_base_url: str | None = None,
 ) -> Catalogue:
     """Write ``<out_dir>/<domain>/{reviews,meta}.jsonl.gz`` for the two named domains.
+
+    With ``image_base_url`` every item's metadata links to
+    ``<image_base_url>/<domain>/images/<item_id>.png`` and that picture is written to
+    ``<out_dir>/<domain>/images/<item_id>.png`` (serve ``out_dir`` at that URL).
 
     The first domain is the source side (its single-domain users are ``source_only``); the
     second is the target side (its single-domain users are side users).
@@ -194,6 +199,14 @@ def generate(
                     record["images"] = [
                         {"thumb": url, "large": url, "hi_res": None, "variant": "MAIN"}
                     ]
+                    # Own per-item generator: the catalogue's rng draws the same with or without.
+                    png = draw_item_image(
+                        GENRE_NAMES[main[i]],
+                        GENRE_NAMES[second[i]],
+                        float(quality[i]),
+                        item_seed(seed, domain, item_ids[i]),
+                    )
+                    write_bytes(png, out_dir / domain / "images" / f"{item_ids[i]}.png")
                 gz.write((json.dumps(record) + "\n").encode())
 
         write_bytes(reviews.getvalue(), out_dir / domain / "reviews.jsonl.gz")
