@@ -94,3 +94,48 @@ class FiLMDenoiser(nn.Module):
         for block in self.blocks:
             h = block(h, ctx)
         return self.out(h)
+
+
+class ConditionEncoder(nn.Module):
+    """Named condition inputs -> one condition vector.
+
+    Each input (source CF vector, rating statistics, profile embedding, pooled item features,
+    ...) is normalised and projected on its own, then the projections are concatenated and
+    mixed. Adding an input later adds one projection; the denoiser does not change.
+    """
+
+    def __init__(self, dims: dict[str, int], width: int, *, nonlinear: bool = True):
+        super().__init__()
+        self.names = sorted(dims)
+        self.project = nn.ModuleDict(
+            {k: nn.Sequential(nn.LayerNorm(dims[k]), nn.Linear(dims[k], width)) for k in self.names}
+        )
+        joint = width * len(self.names)
+        if nonlinear:
+            self.mix = nn.Sequential(
+                nn.SiLU(), nn.Linear(joint, width), nn.SiLU(), nn.Linear(width, width)
+            )
+        else:
+            self.mix = nn.Linear(joint, width)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mix(torch.cat([self.project[k](inputs[k]) for k in self.names], dim=-1))
+
+
+class ConditionalGenerator(nn.Module):
+    """A condition encoder in front of a denoiser; called as ``net(x, t, inputs, keep)``."""
+
+    def __init__(self, encoder: ConditionEncoder, denoiser: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.denoiser = denoiser
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        inputs: dict[str, torch.Tensor] | None,
+        keep: torch.Tensor,
+    ) -> torch.Tensor:
+        cond = None if inputs is None else self.encoder(inputs)
+        return self.denoiser(x, t, cond, keep)

@@ -3,6 +3,8 @@ params.yaml). Pydantic only, so params validation does not import torch."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -61,6 +63,35 @@ class DiffCDRConfig(BaseModel):
     patience: int = Field(3, ge=0)
 
 
+class OursConfig(BaseModel):
+    """The MuSiC-style generator (see pipeline/cdr/methods/ours.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(128, ge=4)  # denoiser and condition-encoder width
+    depth: int = Field(2, ge=0)  # residual FiLM blocks
+    nonlinear: bool = True  # False: linear denoiser and encoder (ablation)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    condition: list[Literal["source_cf", "source_stats", "profile", "liked_items"]] = [
+        "source_cf",
+        "source_stats",
+    ]  # condition inputs; profile / liked_items need the user_profiles / item_features stores
+    side_users: bool = True  # target-only users train the unconditional branch
+    cond_drop: float = Field(0.1, ge=0, le=1)  # overlap users trained unconditionally this often
+    task_loss: bool = True  # rating / ranking losses on the predicted x0 reach the generator
+    task_weight: float = Field(1.0, ge=0)
+    timesteps: int = Field(1000, ge=10)
+    sample_steps: int = Field(10, ge=1)  # DPM-Solver++ steps at generation
+    samples: int = Field(8, ge=1)  # draws averaged per user (estimates the conditional mean)
+    epochs: int = Field(200, ge=1)
+    eval_every: int = Field(20, ge=1)  # a selectable checkpoint every this many epochs
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    guidance_grid: list[float] = [0.0, 1.0, 2.0, 3.0]  # classifier-free guidance, chosen on valid
+    ranking_grid: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]  # generated score vs popularity
+
+
 METHOD_NAMES = (
     "global_mean",
     "popularity",
@@ -71,6 +102,11 @@ METHOD_NAMES = (
     "ptupcdr",
     "diffcdr",
     "ours",
+    "ours_no_side_users",
+    "ours_no_task_loss",
+    "ours_linear",
+    "ours_no_profile",
+    "ours_no_item_features",
 )
 
 
@@ -81,11 +117,12 @@ class TrainParams(BaseModel):
 
     seed: int = 0  # seeds every model: same seed, same models
     threads: int = Field(1, ge=1)  # torch CPU threads (small models: 1 is fastest)
-    methods: list[str] = [m for m in METHOD_NAMES if m != "ours"]
+    methods: list[str] = [m for m in METHOD_NAMES if not m.startswith("ours_")]
     base: MFConfig = MFConfig()
     emcdr: EMCDRConfig = EMCDRConfig()
     ptupcdr: PTUPCDRConfig = PTUPCDRConfig()
     diffcdr: DiffCDRConfig = DiffCDRConfig()
+    ours: OursConfig = OursConfig()  # also the base of the ours_* ablations
 
     @field_validator("methods")
     @classmethod

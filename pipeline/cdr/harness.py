@@ -55,6 +55,7 @@ def fit(
     mf: MFConfig,
     seed: int,
     threads: int = 1,
+    extra: dict[str, Any] | None = None,
 ) -> Fitted:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
@@ -63,6 +64,7 @@ def fit(
     torch.set_num_threads(threads)
     base = fit_base_models(data, mf, seed)
     ctx = make_context(data, base, mf, seed)
+    ctx.extra.update(extra or {})
     fitted = Fitted(ctx, {})
     for name in names:
         cls = METHODS[name]
@@ -70,7 +72,7 @@ def fit(
             fitted.skipped[name] = "needs explicit ratings"
             log.info("%s: skipped (implicit data)", name)
             continue
-        method = cls(configs.get(name))
+        method = cls(configs.get(cls.config_name or name))
         start = time.perf_counter()
         method.fit(ctx)
         fitted.train_seconds[name] = time.perf_counter() - start

@@ -83,7 +83,9 @@ def save(fitted: Fitted, out_dir: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def load(model_dir: Path, data: CDRData, train: TrainParams) -> Fitted:
+def load(
+    model_dir: Path, data: CDRData, train: TrainParams, extra: dict[str, Any] | None = None
+) -> Fitted:
     model_dir = Path(model_dir)
     manifest_path = model_dir / "manifest.json"
     if not manifest_path.exists():
@@ -96,11 +98,13 @@ def load(model_dir: Path, data: CDRData, train: TrainParams) -> Fitted:
         )
     base = _load_base(torch.load(model_dir / "base.pt", weights_only=True), data)
     ctx = make_context(data, base, train.base, int(manifest.get("seed", train.seed)))
+    ctx.extra.update(extra or {})
     fitted = Fitted(ctx, {}, skipped=manifest.get("skipped", {}))
     configs = train.method_configs()
     for name in manifest["methods"]:
         blob = torch.load(model_dir / f"{name}.pt", weights_only=True)
-        method = METHODS[name](configs.get(name))
+        cls = METHODS[name]
+        method = cls(configs.get(cls.config_name or name))
         with torch.no_grad():
             method.load_state_dict(ctx, blob["state"])
         fitted.methods[name] = method

@@ -17,6 +17,7 @@ from pipeline.cdr.methods.baselines import (
 )
 from pipeline.cdr.methods.diffcdr import DiffCDR
 from pipeline.cdr.methods.emcdr import EMCDR
+from pipeline.cdr.methods.ours import ABLATIONS, Ours
 from pipeline.cdr.methods.ptupcdr import PTUPCDR
 
 METHODS: dict[str, type[Method]] = {
@@ -30,6 +31,8 @@ METHODS: dict[str, type[Method]] = {
         EMCDR,
         PTUPCDR,
         DiffCDR,
+        Ours,
+        *ABLATIONS,
     )
 }
 

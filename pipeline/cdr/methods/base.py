@@ -81,6 +81,7 @@ class Method:
     name: ClassVar[str] = ""
     needs_ratings: ClassVar[bool] = False  # rating-only methods are left out on implicit data
     has_ratings: ClassVar[bool] = True  # False: ranking only (MAE/RMSE are null)
+    config_name: ClassVar[str | None] = None  # params section, when not ``name`` (ablations)
 
     def __init__(self, config: Any = None):
         self.config = config
