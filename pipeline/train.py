@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pipeline import cli, paths
 from pipeline.cdr import data as cdr_data
-from pipeline.cdr import harness, store
+from pipeline.cdr import features, harness, store
 from pipeline.config import Params
 from pipeline.io import stable_hash
 
@@ -36,7 +36,10 @@ def train(params: Params) -> harness.Fitted:
         "explicit ratings" if data.explicit else "implicit feedback",
     )
     tp = params.train
-    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, tp.threads)
+    extra = features.condition_extra(
+        data, tp, pair.source, paths.USER_PROFILES, paths.ITEM_FEATURES
+    )
+    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, tp.threads, extra)
     meta = {
         "dataset": params.dataset.name,
         "source": pair.source,
