@@ -6,6 +6,7 @@ A typo or a bad value fails at once with a message naming the key, e.g.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.cdr.configs import TrainParams
+from pipeline.cdr.configs import METHOD_NAMES, TrainParams
 from pipeline.errors import ParamsError
 
 FORMATS = ("synthetic", "amazon2023", "amazon2018", "amazon2014", "recbole")
@@ -126,7 +127,9 @@ class ImagesParams(Section):
 
 class ClipParams(Section):
     model: str = "ViT-B-32"  # open_clip architecture name
-    pretrained: str = "openai"  # pretrained tag, local checkpoint file, local-dir:PATH or hf-hub:ORG/NAME
+    pretrained: str = (
+        "openai"  # pretrained tag, local checkpoint file, local-dir:PATH or hf-hub:ORG/NAME
+    )
     batch_size: int = Field(64, ge=1)
 
 
@@ -139,7 +142,9 @@ class CaptionParams(Section):
 
 
 class ItemFeaturesParams(Section):
-    text_encoder: str = "minilm"  # minilm (offline package), clip (CLIP text tower), or a Hub name / local dir
+    text_encoder: str = (
+        "minilm"  # minilm (offline package), clip (CLIP text tower), or a Hub name / local dir
+    )
     image_encoder: Literal["none", "clip"] = "none"  # "clip" needs images.enabled
     clip: ClipParams = ClipParams()
     caption: CaptionParams = CaptionParams()
@@ -155,11 +160,38 @@ class UserProfilesParams(Section):
     gguf_file: str | None = None  # GGUF file inside a local model directory
     endpoint: str | None = None  # OpenAI-compatible base URL (backend openai)
     template: str = "prompts/user_profile_v1.txt"
-    max_items: int = Field(8, ge=1)  # history items shown to the LLM, most informative first
-    max_new_tokens: int = Field(40, ge=1)
+    max_items: int = Field(6, ge=1)  # history items shown to the LLM, most informative first
+    max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback
     device: str = "auto"
+
+
+class ScoreParams(Section):
+    """Batch top-K scoring of cold-start users (the ``score`` stage and nightly command)."""
+
+    method: str = "auto"  # auto = best valid ndcg@10 among the trained methods, or a method name
+    k: int = Field(20, ge=1)  # items per user
+    chunk_size: int = Field(1024, ge=1)  # users scored at once (memory ~ chunk_size x items)
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int | None = Field(None, ge=1)  # sampling steps of a diffusion generator; null = its own
+    date: str | None = None  # partition date YYYY-MM-DD; null = today (UTC)
+    rows_per_part: int = Field(5_000_000, ge=1)  # rows per part-*.parquet file
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreParams:
+        if self.method != "auto" and self.method not in METHOD_NAMES:
+            raise ValueError(f"method: expected auto or one of {list(METHOD_NAMES)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError("device: expected auto, cpu or cuda[:N]")
+        if self.date is not None:
+            try:
+                ok = datetime.date.fromisoformat(self.date).isoformat() == self.date
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("date: expected YYYY-MM-DD")
+        return self
 
 
 class Params(Section):
@@ -177,6 +209,7 @@ class Params(Section):
     item_features: ItemFeaturesParams = ItemFeaturesParams()
     user_profiles: UserProfilesParams = UserProfilesParams()
     train: TrainParams = TrainParams()
+    score: ScoreParams = ScoreParams()
 
     @model_validator(mode="after")
     def _check_pair(self) -> Params:

@@ -120,7 +120,9 @@ def history_lines(rows: pl.DataFrame, max_items: int) -> tuple[list[str], int, l
     for row in ranked.head(max_items).iter_rows(named=True):
         title, bad = clean_item_text(row["title"], 100)
         suspicious += bad
-        cats = [clean_item_text(c, 40)[0] for c in (row["categories"] or [])][:3]
+        cats = list(row["categories"] or [])
+        cats = cats[1:] if len(cats) > 1 else cats  # the first is the catalogue's root ("Books")
+        cats = [clean_item_text(c, 40)[0] for c in cats][:2]
         if not title and not cats:
             continue
         label = f'"{title}"' if title else "an item"

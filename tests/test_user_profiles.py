@@ -42,7 +42,7 @@ def test_output_checks_reject_empty_runaway_and_echo():
         up.check_profile("the the the the the the the the the the", template, history)[1]
         == "runaway"
     )
-    echo = "In two short sentences, describe this shopper's taste: the genres, themes and moods"
+    echo = "In two short sentences, describe their taste (genres, themes, moods liked and disliked) and the movies"
     assert up.check_profile(echo, template, history)[1] == "prompt_echo"
     ok = "Loves epic fantasy with dragons and quests. Would enjoy adventure films."
     assert up.check_profile(ok, template, history) == (ok, None)
