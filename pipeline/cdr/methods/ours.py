@@ -25,8 +25,10 @@ Generation: DPM-Solver++ (diffusers) from seeded noise with classifier-free guid
 Predictions keep the honest floors as special cases, with the blend chosen on validation
 cold users only (with the checkpoint and the guidance scale):
 
-- rating = item_mean[i] + (1 - lam) * source_bias + lam * bias_hat + gam * <taste_hat, q_i>;
-  lam = gam = 0 is exactly ``item_mean_user_bias``;
+- rating = item_mean[i] + kappa * (mf_offset[i] - item_mean[i]) + (1 - lam) * source_bias
+  + lam * bias_hat + gam * <taste_hat, q_i>, where mf_offset is the target MF's regularised
+  mu + b_i; lam = gam = kappa = 0 is exactly ``item_mean_user_bias``. The three weights are
+  fitted by least squares on the validation ratings;
 - ranking score = log popularity[i] + alpha * (<rank_hat, w_i> + bpr_bias[i]);
   alpha = 0 is exactly ``popularity``.
 """
@@ -60,16 +62,24 @@ log = logging.getLogger("train")
 SAMPLE_SEED = 1234  # generation noise: the same users get the same vectors on every run
 
 
-def _standardise(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Columns centred and scaled by their statistics over ``rows``."""
-    mu = x[rows].mean(0, keepdims=True)
-    sd = x[rows].std(0, keepdims=True)
-    return (x - mu) / np.where(sd > 1e-8, sd, 1.0)
+def _column_stats(x: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """(2, columns): mean and scale of each column over ``rows``."""
+    sd = x[rows].std(0)
+    return torch.as_tensor(np.stack([x[rows].mean(0), np.where(sd > 1e-8, sd, 1.0)]))
+
+
+def _user_noise(users: np.ndarray, draws: int, dim: int) -> torch.Tensor:
+    """(draws * n, dim) starting noise, each user's own from its index: a user's vector does
+    not depend on which other users are generated with it (chunking, fold-in)."""
+    out = np.empty((draws, len(users), dim), np.float32)
+    for j, u in enumerate(users.tolist()):
+        out[:, j] = np.random.default_rng([SAMPLE_SEED, u]).standard_normal((draws, dim))
+    return torch.from_numpy(out.reshape(draws * len(users), dim))
 
 
 class Ours(Method):
     name = "ours"
-    saved_attributes = ("scales", "rating_choice", "ranking_choice", "cond_dims")
+    saved_attributes = ("scales", "rating_choice", "ranking_choice", "cond_dims", "cond_stats")
 
     config_name = "ours"  # ablations read the same params section
     drops_inputs: ClassVar[tuple[str, ...]] = ()  # ablations: condition inputs left out
@@ -84,10 +94,12 @@ class Ours(Method):
         self.sample_steps = self.config.sample_steps
         self.rating_choice: dict[str, float] = {}
         self.ranking_choice: dict[str, float] = {}
+        self.cond_stats: dict[str, torch.Tensor] = {}  # fixed at training (fold-in safe)
 
     # ------------------------------------------------------------------ inputs and targets
     def _condition(self, ctx: FitContext) -> dict[str, torch.Tensor]:
-        """Every user's named condition inputs, standardised over users with a source history."""
+        """Every user's named condition inputs, standardised with statistics taken once, at
+        training, over the users with a source history."""
         data, src = ctx.data, ctx.src
         rows = np.flatnonzero(src.has_source)
         out: dict[str, np.ndarray] = {}
@@ -107,8 +119,16 @@ class Ours(Method):
                 feats = self._extra(ctx, "source_item_features", "item_features")
                 liked = src.ratings >= metrics.POSITIVE_RATING if data.explicit else None
                 value = _pool(feats, src.indptr, src.items, liked)
-            out[name] = _standardise(np.asarray(value, dtype=np.float64), rows)
+            value = np.asarray(value, dtype=np.float64)
+            if name not in self.cond_stats:
+                self.cond_stats[name] = _column_stats(value, rows)
+            mean, scale = self.cond_stats[name].numpy()
+            out[name] = (value - mean) / scale
         return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in out.items()}
+
+    def load_state_dict(self, ctx: FitContext, state: dict) -> None:
+        super().load_state_dict(ctx, state)
+        self.cond = self._condition(ctx)  # again, with the training statistics
 
     @staticmethod
     def _extra(ctx: FitContext, key: str, stage: str) -> np.ndarray:
@@ -162,6 +182,8 @@ class Ours(Method):
         if ctx.data.explicit:
             self.taste_items = ctx.base.tgt_mf.item.weight.detach().float()
             self.item_mean = torch.as_tensor(ctx.item_mean, dtype=torch.float32)
+            mf = ctx.base.tgt_mf
+            self.item_offset = (mf.global_mean + mf.item_bias.weight.detach()[:, 0]).float()
             self.src_bias = torch.as_tensor(ctx.src.bias, dtype=torch.float32)
 
     def _network(self) -> ConditionalGenerator:
@@ -184,9 +206,8 @@ class Ours(Method):
         self, net: ConditionalGenerator, users: np.ndarray, guidance: float
     ) -> torch.Tensor:
         """Target vectors (raw units) of ``users`` from their condition inputs."""
-        gen = torch.Generator().manual_seed(SAMPLE_SEED)
         k = self.config.samples
-        noise = torch.randn(k * len(users), self.x_dim, generator=gen)
+        noise = _user_noise(np.asarray(users), k, self.x_dim)
         with torch.no_grad():
             net.eval()
             x = self.diffusion.sample(
@@ -211,7 +232,7 @@ class Ours(Method):
             self.sample_steps = saved
 
     def _rating_factors(
-        self, vec: torch.Tensor, users: np.ndarray, lam: float, gam: float
+        self, vec: torch.Tensor, users: np.ndarray, lam: float, gam: float, kappa: float = 0.0
     ) -> Factors:
         bias = vec[:, self.slices["bias"]][:, 0]
         taste = vec[:, self.slices["taste"]]
@@ -220,7 +241,9 @@ class Ours(Method):
         n = len(users)
         user = torch.cat([gam * taste, user_bias[:, None], torch.ones(n, 1)], 1)
         m = len(self.item_mean)
-        item = torch.cat([self.taste_items, torch.ones(m, 1), self.item_mean[:, None]], 1)
+        # kappa moves the raw item mean towards the target MF's regularised item offset.
+        offset = self.item_mean + kappa * (self.item_offset - self.item_mean)
+        item = torch.cat([self.taste_items, torch.ones(m, 1), offset[:, None]], 1)
         return Factors(user, item)
 
     def _ranking_factors(self, vec: torch.Tensor, alpha: float) -> Factors:
@@ -235,7 +258,9 @@ class Ours(Method):
             return None
         c = self.rating_choice
         vec = self.generate(self.net_rating, users, c["guidance"])
-        return self._rating_factors(vec, users, c["bias_blend"], c["interaction"])
+        return self._rating_factors(
+            vec, users, c["bias_blend"], c["interaction"], c.get("item_offset", 0.0)
+        )
 
     def ranking_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
         c = self.ranking_choice
@@ -297,11 +322,16 @@ class Ours(Method):
             for w in cfg.guidance_grid:
                 vec = self.generate(net, valid, w)
                 if ctx.data.explicit:
-                    lam, gam = self._fit_blend(ctx, vec, valid)
-                    f = self._rating_factors(vec, valid, lam, gam)
+                    lam, gam, kappa = self._fit_blend(ctx, vec, valid)
+                    f = self._rating_factors(vec, valid, lam, gam, kappa)
                     rmse = ctx.rating_metrics(f, "valid")["rmse"]
                     if rmse < best_rating[0] - 1e-9:
-                        choice = {"guidance": w, "bias_blend": lam, "interaction": gam}
+                        choice = {
+                            "guidance": w,
+                            "bias_blend": lam,
+                            "interaction": gam,
+                            "item_offset": kappa,
+                        }
                         best_rating = (rmse, epoch, choice)
                 for alpha in cfg.ranking_grid:
                     f = self._ranking_factors(vec, alpha)
@@ -321,11 +351,12 @@ class Ours(Method):
 
     def _fit_blend(
         self, ctx: FitContext, vec: torch.Tensor, valid: np.ndarray
-    ) -> tuple[float, float]:
-        """Least-squares bias blend and interaction gate on the validation ratings.
+    ) -> tuple[float, float, float]:
+        """Least-squares bias blend, interaction gate and item-offset blend on the validation
+        ratings.
 
-        Two numbers fitted on every validation rating are far less noisy than picking the
-        best cell of a grid; both are kept in [0, 1] so lam = gam = 0 (the floor) stays inside.
+        Three numbers fitted on every validation rating are far less noisy than picking the
+        best cell of a grid; all are kept in [0, 1] so 0, 0, 0 (the floor) stays inside.
         """
         held = ctx.data.heldout("valid")
         row = torch.as_tensor(np.searchsorted(valid, held.user))
@@ -334,11 +365,12 @@ class Ours(Method):
         bias = vec[row, self.slices["bias"]][:, 0]
         inter = (vec[row, self.slices["taste"]] * self.taste_items[item]).sum(-1)
         resid = torch.as_tensor(held.rating, dtype=torch.float32) - self.item_mean[item] - floor
-        a = torch.stack([bias - floor, inter], 1).double()
-        ridge = 1e-3 * len(resid) * torch.eye(2, dtype=torch.float64)
+        shift = self.item_offset[item] - self.item_mean[item]
+        a = torch.stack([bias - floor, inter, shift], 1).double()
+        ridge = 1e-3 * len(resid) * torch.eye(3, dtype=torch.float64)
         coef = torch.linalg.solve(a.T @ a + ridge, a.T @ resid.double())
-        lam, gam = (float(c) for c in coef.clamp(0.0, 1.0))
-        return round(lam, 4), round(gam, 4)
+        lam, gam, kappa = (round(float(c), 4) for c in coef.clamp(0.0, 1.0))
+        return lam, gam, kappa
 
 
 class _TaskTargets:
