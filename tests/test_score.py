@@ -1,0 +1,402 @@
+"""Batch top-K scoring: schema and order, exclusions, determinism, fold-in, rejects, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipeline import score as score_mod
+from pipeline.cdr import data as cdr_data
+from pipeline.cdr import foldin, metrics, store
+from pipeline.config import load_params
+from tests.conftest import ROOT, write_params
+
+METHODS = ["global_mean", "popularity", "item_mean_user_bias", "emcdr", "ptupcdr", "diffcdr"]
+TRAIN = {
+    "methods": METHODS,
+    "base": {"epochs": 10, "bpr_epochs": 10, "dim": 8, "bpr_dim": 8},
+    "emcdr": {"epochs": 20, "eval_every": 5},
+    "ptupcdr": {"epochs": 2},
+    "diffcdr": {"epochs": 2, "sample_steps": 5, "guidance_grid": [1.0]},
+}
+DATE = "2024-03-01"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def project(tiny_project, tmp_path_factory) -> Path:
+    """The tiny project's data, small trained models, and validation metrics naming emcdr best."""
+    from pipeline import train
+
+    root = tmp_path_factory.mktemp("score")
+    for rel in ("data/prepared/interactions.parquet", "data/split/roles.parquet"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_project / rel, root / rel)
+    write_params(root / "params.yaml", synthetic={"n_users": 240, "n_items": 80}, train=TRAIN)
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        torch.set_num_threads(1)
+        train.train(load_params("params.yaml"))
+        valid = {m: {"ndcg@10": 0.1} for m in METHODS}
+        valid["emcdr"]["ndcg@10"] = 0.2
+        (root / "metrics").mkdir()
+        (root / "metrics/cold_start_valid.json").write_text(json.dumps(valid))
+    finally:
+        os.chdir(old)
+    return root
+
+
+def params(**score):
+    return load_params("params.yaml", {f"score.{k}": v for k, v in score.items()})
+
+
+def run(project: Path, monkeypatch, out="out", date=DATE, **kw) -> dict:
+    monkeypatch.chdir(project)
+    score_kw = {k: kw.pop(k) for k in list(kw) if k in ("method", "k", "chunk_size", "steps")}
+    return score_mod.score(params(**score_kw), out=project / out, date=date, progress=False, **kw)
+
+
+def read_part(project: Path, out="out", date=DATE) -> pl.DataFrame:
+    return pl.read_parquet(project / out / f"dt={date}" / "part-*.parquet")
+
+
+def load_fitted(project: Path):
+    data = cdr_data.load(
+        project / "data/prepared/interactions.parquet",
+        project / "data/split/roles.parquet",
+        "books",
+        "movies",
+    )
+    return data, store.load(project / "data/models", data, load_params("params.yaml").train)
+
+
+# --------------------------------------------------------------------------- the stage
+def test_stage_writes_schema_ordering_manifest_and_marker(project, monkeypatch):
+    manifest = run(project, monkeypatch, out="stage", k=10, chunk_size=7)
+    part_dir = project / "stage" / f"dt={DATE}"
+    assert sorted(p.name for p in part_dir.iterdir()) == [
+        "_SUCCESS",
+        "manifest.json",
+        "part-00000.parquet",
+        "rejects.parquet",
+    ]
+    df = read_part(project, "stage")
+    assert df.schema == pl.Schema(
+        {
+            "user_id": pl.String,
+            "rank": pl.Int32,
+            "item_id": pl.String,
+            "score": pl.Float32,
+            "method": pl.String,
+            "model_version": pl.String,
+        }
+    )
+    roles = pl.read_parquet(project / "data/split/roles.parquet")
+    cold = roles.filter(pl.col("role").is_in(["valid_cold", "test_cold"]))["user_id"]
+    assert sorted(df["user_id"].unique()) == sorted(cold)
+    # Sorted by user then rank; ranks 1..K; scores never increase down a list.
+    assert df.equals(df.sort("user_id", "rank"))
+    per_user = df.group_by("user_id").agg(pl.col("rank"), pl.col("score"), pl.col("item_id"))
+    for ranks, scores, items in per_user.select("rank", "score", "item_id").iter_rows():
+        assert ranks == list(range(1, 11))
+        assert all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+        assert len(set(items)) == 10
+    assert set(df["method"]) == {"emcdr"}  # auto: best valid ndcg@10
+    assert set(df["model_version"]) == {manifest["model_version"]}
+    saved = json.loads((part_dir / "manifest.json").read_text())
+    assert saved == json.loads(json.dumps(manifest))
+    assert saved["method"] == "emcdr" and saved["selection"]["by"].startswith("best valid")
+    assert saved["counts"]["scored"] == len(cold) and saved["counts"]["rejected"] == 0
+    assert saved["counts"]["rows"] == df.height and saved["k"] == 10
+    assert pl.read_parquet(part_dir / "rejects.parquet").height == 0
+
+
+@pytest.mark.parametrize("method", ["global_mean", "popularity", "emcdr"])
+def test_stage_lists_are_the_rankings_evaluate_measures(project, monkeypatch, method):
+    """Same top-K as the harness (ties by item index: global_mean ties every item)."""
+    run(project, monkeypatch, out=f"eval-{method}", method=method, k=20, chunk_size=16)
+    df = read_part(project, f"eval-{method}")
+    data, fitted = load_fitted(project)
+    users = data.cold_users("test")
+    with torch.no_grad():
+        scores = fitted.methods[method].ranking_factors(fitted.ctx, users).scores()
+    expected = data.tgt_item_ids[metrics.top_k(scores.double().numpy(), 20)]
+    got = df.filter(pl.col("user_id").is_in(data.user_ids[users].tolist()))
+    got = np.stack(got.sort("user_id", "rank")["item_id"].to_numpy().reshape(len(users), 20))
+    assert (got == expected).mean() >= (1.0 if method != "emcdr" else 0.98)
+
+
+def test_seen_target_items_are_excluded(project, monkeypatch, tmp_path):
+    inter = pl.read_parquet(project / "data/prepared/interactions.parquet")
+    roles = pl.read_parquet(project / "data/split/roles.parquet")
+    users = roles.filter(pl.col("role").is_in(["test_cold", "train_overlap"]))["user_id"][:40]
+    pl.DataFrame({"user_id": users}).write_csv(tmp_path / "users.csv")
+    run(
+        project,
+        monkeypatch,
+        out="seen",
+        users_path=tmp_path / "users.csv",
+        interactions_path=project / "data/prepared/interactions.parquet",
+        k=10,
+    )
+    df = read_part(project, "seen")
+    seen = inter.filter(pl.col("domain") == "movies").select("user_id", "item_id")
+    assert df.join(seen, on=["user_id", "item_id"]).height == 0
+    assert df["user_id"].n_unique() == len(users)
+    assert (df.group_by("user_id").len()["len"] == 10).all()
+    # K beyond what is left: each user gets every item they do not have, ranks 1..n.
+    run(
+        project,
+        monkeypatch,
+        out="seen-all",
+        users_path=tmp_path / "users.csv",
+        interactions_path=project / "data/prepared/interactions.parquet",
+        k=10_000,
+    )
+    df = read_part(project, "seen-all")
+    n_items = inter.filter(pl.col("domain") == "movies")["item_id"].n_unique()
+    n_seen = seen.filter(pl.col("user_id").is_in(users)).group_by("user_id").len()
+    got = df.group_by("user_id").agg(n=pl.len(), top=pl.col("rank").max())
+    both = got.join(n_seen, on="user_id", how="left").fill_null(0)
+    assert (both["n"] == n_items - both["len"]).all() and (both["n"] == both["top"]).all()
+
+
+def test_same_inputs_same_bytes(project, monkeypatch):
+    for out in ("det-a", "det-b"):
+        run(project, monkeypatch, out=out, method="diffcdr", chunk_size=9)
+    a, b = project / "det-a" / f"dt={DATE}", project / "det-b" / f"dt={DATE}"
+    for name in ("part-00000.parquet", "rejects.parquet"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma == mb
+    assert ma["steps"] == 5  # the generator's own sampling steps
+    run(project, monkeypatch, out="det-c", method="diffcdr", steps=2)
+    assert json.loads((project / f"det-c/dt={DATE}/manifest.json").read_text())["steps"] == 2
+
+
+# --------------------------------------------------------------------------- fold-in, rejects
+def _fresh_with_new_users(project: Path, tmp_path: Path, n: int) -> tuple[list[str], Path]:
+    """The interactions plus a copy, under new ids, of ``n`` test users' source rows."""
+    inter = pl.read_parquet(project / "data/prepared/interactions.parquet")
+    roles = pl.read_parquet(project / "data/split/roles.parquet")
+    test = sorted(roles.filter(pl.col("role") == "test_cold")["user_id"])[:n]
+    copies = inter.filter(pl.col("user_id").is_in(test) & (pl.col("domain") == "books"))
+    copies = copies.with_columns(user_id=pl.lit("NEW_") + pl.col("user_id"))
+    fresh = pl.concat([inter, copies])
+    fresh.write_parquet(tmp_path / "fresh.parquet")
+    return test, tmp_path / "fresh.parquet"
+
+
+@pytest.mark.parametrize("method", ["emcdr", "ptupcdr"])
+def test_new_user_folded_in_gets_the_list_of_the_same_user_seen_at_training(
+    project, monkeypatch, tmp_path, method
+):
+    test, fresh = _fresh_with_new_users(project, tmp_path, 30)
+    users = test + [f"NEW_{u}" for u in test]
+    pl.DataFrame({"user_id": users}).write_parquet(tmp_path / "users.parquet")
+    manifest = run(
+        project,
+        monkeypatch,
+        out=f"fold-{method}",
+        users_path=tmp_path / "users.parquet",
+        interactions_path=fresh,
+        method=method,
+        k=20,
+    )
+    assert manifest["counts"]["to_fold_in"] == len(test) == manifest["fold_in"]["users"] > 20
+    assert manifest["fold_in"]["known_users_max_change"] < 1e-5
+    df = read_part(project, f"fold-{method}")
+    lists = {u: set(g["item_id"]) for (u,), g in df.group_by("user_id")}
+    overlap = [len(lists[u] & lists[f"NEW_{u}"]) / 20 for u in test]
+    assert np.mean(overlap) >= 0.5, overlap
+    # Known users' lists do not depend on who else was folded in.
+    pl.DataFrame({"user_id": test}).write_parquet(tmp_path / "known.parquet")
+    run(
+        project,
+        monkeypatch,
+        out=f"fold-{method}-alone",
+        users_path=tmp_path / "known.parquet",
+        interactions_path=fresh,
+        method=method,
+        k=20,
+    )
+    alone = read_part(project, f"fold-{method}-alone").filter(pl.col("user_id").is_in(test))
+    with_new = df.filter(pl.col("user_id").is_in(test))
+    assert alone["item_id"].to_list() == with_new["item_id"].to_list()
+
+
+def test_refolding_known_users_reproduces_their_vectors(project):
+    """Both fold-in solvers (ridge biased MF, Newton BPR) land near the trained vectors."""
+    data, fitted = load_fitted(project)
+    ctx = fitted.ctx
+    regs = foldin.calibrate(ctx, load_params(project / "params.yaml").train.base)
+    users = data.cold_users("test")
+    hist = foldin._history_of(ctx.src, users)
+    p, b = foldin.ridge_mf(ctx.base.src_mf, hist, regs.mf)
+    q = foldin.newton_bpr(ctx.base.src_bpr, hist, regs.bpr, foldin.user_seeds(users, 0))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(p, ctx.base.src_mf.user.weight[users]).mean() > 0.8
+    # (tiny, barely trained BPR: its vectors still carry much of their random start)
+    assert cos(q, ctx.base.src_bpr.user.weight[users]).mean() > 0.5
+    assert np.corrcoef(b, ctx.base.src_mf.user_bias.weight[users, 0].detach())[0, 1] > 0.8
+
+
+def test_unusable_users_land_in_rejects_with_a_reason(project, monkeypatch, tmp_path):
+    roles = pl.read_parquet(project / "data/split/roles.parquet")
+    side = sorted(roles.filter(pl.col("role") == "side")["user_id"])[0]
+    test = sorted(roles.filter(pl.col("role") == "test_cold")["user_id"])[:2]
+    inter = pl.read_parquet(project / "data/prepared/interactions.parquet")
+    odd = pl.DataFrame(
+        {"user_id": ["ODD"], "item_id": ["NOT_A_BOOK"], "domain": ["books"], "rating": [4.0]},
+        schema_overrides={"rating": pl.Float32},
+    )
+    pl.concat([inter.select("user_id", "item_id", "domain", "rating"), odd]).write_csv(
+        tmp_path / "fresh.csv"
+    )
+    (tmp_path / "users.csv").write_text(
+        "user_id\n" + "\n".join([*test, test[0], "NOBODY", side, "ODD", ""]) + "\n"
+    )
+    manifest = run(
+        project,
+        monkeypatch,
+        out="rej",
+        users_path=tmp_path / "users.csv",
+        interactions_path=tmp_path / "fresh.csv",
+    )
+    rejects = pl.read_parquet(project / f"rej/dt={DATE}/rejects.parquet")
+    assert dict(zip(rejects["user_id"], rejects["reason"], strict=True)) == {
+        None: "missing_user_id",
+        "NOBODY": "unknown_user",
+        side: "no_source_history",
+        "ODD": "no_known_source_items",
+    }
+    assert sorted(read_part(project, "rej")["user_id"].unique()) == test
+    c = manifest["counts"]
+    assert (c["users_in"], c["duplicates"], c["scored"], c["rejected"]) == (7, 1, 2, 4)
+
+
+def test_auto_needs_validation_metrics_and_names_a_trained_method(project, tmp_path):
+    trained = ["emcdr", "popularity"]
+    with pytest.raises(score_mod.PipelineError, match="evaluate"):
+        score_mod.choose_method("auto", trained, tmp_path / "missing.json")
+    with pytest.raises(score_mod.PipelineError, match="not trained"):
+        score_mod.choose_method("diffcdr", trained, tmp_path / "missing.json")
+    (tmp_path / "v.json").write_text(
+        json.dumps({"emcdr": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.3}, "x": {"ndcg@10": 1}})
+    )
+    assert score_mod.choose_method("auto", trained, tmp_path / "v.json")[0] == "emcdr"
+
+
+# --------------------------------------------------------------------------- top-K
+def test_top_k_orders_ties_by_item_index_and_skips_excluded():
+    inf = float("-inf")
+    scores = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 2.0, 3.0, 0.0],  # tie inside the top 2 and across the cut
+            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # every item tied
+            [inf, 2.0, inf, inf, inf, inf],  # one item left
+        ]
+    )
+    idx, vals = score_mod.top_k(scores, 2)
+    assert idx[:2].tolist() == [[1, 2], [0, 1]]
+    assert idx[2, 0] == 1 and vals[2, 1] == inf  # excluded items come last (and are not written)
+    idx, _ = score_mod.top_k(scores, 4)
+    assert idx[0].tolist() == [1, 2, 4, 3]
+    idx, _ = score_mod.top_k(scores, 10)  # K beyond the catalogue
+    assert idx.shape == (3, 6) and idx[1].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- crashes
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_failed_run_leaves_the_previous_partition(project, monkeypatch):
+    run(project, monkeypatch, out="crash", method="emcdr", chunk_size=8)
+    part = project / "crash" / f"dt={DATE}"
+    before = _snapshot(part)
+    calls = []
+    real = score_mod.PartsWriter.write
+
+    def failing(self, *a, **kw):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk full")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(score_mod.PartsWriter, "write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run(project, monkeypatch, out="crash", method="popularity", chunk_size=8)
+    assert _snapshot(part) == before
+    assert [p.name for p in (project / "crash").iterdir()] == [f"dt={DATE}"]
+
+
+KILL_AFTER_FIRST_CHUNK = """
+import os, signal, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from pipeline import score
+from pipeline.config import load_params
+real = score.PartsWriter.write
+def write(self, *a, **kw):
+    n = real(self, *a, **kw)
+    self._writer._writer.close()  # the first row group is on disk...
+    os.kill(os.getpid(), signal.SIGKILL)  # ...when the process dies
+score.PartsWriter.write = write
+p = load_params("params.yaml", {"score.method": "popularity", "score.chunk_size": 8})
+score.score(p, out=Path(sys.argv[1]), date=sys.argv[2], progress=False)
+"""
+
+
+def test_killed_run_leaves_the_previous_partition_readable_and_complete(project, monkeypatch):
+    run(project, monkeypatch, out="kill", method="emcdr", chunk_size=8)
+    part = project / "kill" / f"dt={DATE}"
+    before = _snapshot(part)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_FIRST_CHUNK, str(project / "kill"), DATE],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    leftovers = [p for p in (project / "kill").iterdir() if p.name != f"dt={DATE}"]
+    assert leftovers and all(p.name.endswith(".tmp") for p in leftovers)  # hidden, half built
+    assert _snapshot(part) == before
+    df = pl.read_parquet(part / "part-*.parquet")
+    assert (
+        set(df["method"]) == {"emcdr"}
+        and df.height == json.loads(before["manifest.json"])["counts"]["rows"]
+    )
+    # The next run cleans up and replaces the partition.
+    run(project, monkeypatch, out="kill", method="popularity", chunk_size=8)
+    assert [p.name for p in (project / "kill").iterdir()] == [f"dt={DATE}"]
+    assert set(read_part(project, "kill")["method"]) == {"popularity"}
+
+
+def test_partition_moved_aside_by_a_killed_swap_is_restored(tmp_path):
+    old = tmp_path / f".dt={DATE}.old"
+    old.mkdir()
+    (old / "_SUCCESS").write_text("")
+    (tmp_path / f".dt={DATE}.abc.tmp").mkdir()
+    score_mod._recover(tmp_path, f"dt={DATE}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"dt={DATE}"]
+    assert (tmp_path / f"dt={DATE}" / "_SUCCESS").exists()
