@@ -13,12 +13,17 @@ pins the validation users too), 10 % of the overlapping users drawn from the res
 validation cold users, every selection uses those only, and the test metrics of the selected
 models are reported. Writes a JSON array (one record per beta, seed and method) and prints
 mean +- std over seeds.
+
+Condition inputs of ``ours`` from outside the interactions: ``--source-items FILE`` (a RecBole
+``.item`` file of the source domain) embeds each item's title and categories with the
+project's text encoder for the ``liked_items`` input (items without a row get no vector);
+``--profiles DIR`` reads a ``user_profiles`` store for the ``profile`` input. An input that
+is not given is left out of the condition (logged).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -28,7 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.cdr import harness
+from pipeline.cdr import features, harness
 from pipeline.cdr.configs import TrainParams
 from pipeline.cdr.data import build
 from pipeline.config import SplitParams, load_params
@@ -39,7 +44,18 @@ from pipeline.split import assign_roles
 
 log = logging.getLogger("benchmark")
 
-RECORD_METRICS = ("mae", "rmse", "ndcg@10", "hit@10", "recall@10", "mrr@10", "ndcg@20", "hit@20", "recall@20", "mrr@20")
+RECORD_METRICS = (
+    "mae",
+    "rmse",
+    "ndcg@10",
+    "hit@10",
+    "recall@10",
+    "mrr@10",
+    "ndcg@20",
+    "hit@20",
+    "recall@20",
+    "mrr@20",
+)
 TABLE_METRICS = ("mae", "rmse", "ndcg@10", "hit@10")
 
 
@@ -62,6 +78,45 @@ def read_domain(path: Path, domain: str) -> tuple[pl.DataFrame, dict]:
     return merged.select("user_id", "item_id", "domain", "rating"), stats
 
 
+def item_text_vectors(path: Path, encoder_spec: str) -> tuple[list[str], np.ndarray]:
+    """(item ids, text vectors) of a RecBole .item file: title + categories, embedded."""
+    from pipeline.encoders.text import load_text_encoder
+    from pipeline.sources.recbole import read_item
+
+    damage = DamageLog(str(path), max_bad_fraction=0.01)
+    items = pl.from_arrow(pa.Table.from_batches(list(read_item(path, damage))))
+    damage.check()
+    texts = [
+        ". ".join(x for x in (row["title"], ", ".join(row["categories"] or [])) if x)
+        for row in items.iter_rows(named=True)
+    ]
+    encoder = load_text_encoder(encoder_spec, "cpu")
+    log.info("%s: embedding %d item texts with %s", path, len(texts), encoder.name)
+    return items["item_id"].to_list(), encoder.encode(texts, 64)
+
+
+def condition_inputs(
+    train: TrainParams, data, items: tuple[list[str], np.ndarray] | None, profiles: Path | None
+) -> tuple[TrainParams, dict]:
+    """ctx.extra for the given inputs; inputs not given are dropped from ``ours.condition``."""
+    extra: dict = {}
+    if items is not None:
+        vectors, found = features.align(data.src_item_ids, items[0], items[1])
+        extra["source_item_features"] = vectors
+        log.info("item text: %d of %d source items", found, data.n_src_items)
+    if profiles is not None:
+        extra["profile"] = features.load_profiles(data, profiles)
+    available = {"source_cf", "source_stats"}
+    available |= {"liked_items"} if items is not None else set()
+    available |= {"profile"} if profiles is not None else set()
+    condition = [c for c in train.ours.condition if c in available]
+    if condition != train.ours.condition:
+        log.info("ours.condition without the inputs not given: %s", condition)
+        ours = train.ours.model_copy(update={"condition": condition})
+        train = train.model_copy(update={"ours": ours})
+    return train, extra
+
+
 def split_files(splits_dir: Path | None, beta: float, seed: int) -> tuple[str | None, str | None]:
     if splits_dir is None:
         return None, None
@@ -70,7 +125,9 @@ def split_files(splits_dir: Path | None, beta: float, seed: int) -> tuple[str | 
         if cold.exists():
             valid = folder / "valid_users.txt"
             return str(cold), (str(valid) if valid.exists() else None)
-    raise PipelineError(f"{splits_dir}: no beta{beta}_seed{seed}/cold_users.txt (nor cold_users.txt)")
+    raise PipelineError(
+        f"{splits_dir}: no beta{beta}_seed{seed}/cold_users.txt (nor cold_users.txt)"
+    )
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -84,22 +141,35 @@ def run(args: argparse.Namespace) -> list[dict]:
     dataset = args.dataset or f"{args.source.stem}->{args.target.stem}"
     log.info(
         "%s: source %d rows (%d duplicates merged), target %d rows (%d merged), %d overlapping users",
-        dataset, src_stats["rows"], src_stats["duplicate_rows_merged"], tgt_stats["rows"],
-        tgt_stats["duplicate_rows_merged"], len(src_users & tgt_users),
+        dataset,
+        src_stats["rows"],
+        src_stats["duplicate_rows_merged"],
+        tgt_stats["rows"],
+        tgt_stats["duplicate_rows_merged"],
+        len(src_users & tgt_users),
     )
+    items = item_text_vectors(args.source_items, args.text_encoder) if args.source_items else None
     records = []
     for beta in args.betas:
         for seed in args.seeds:
             test_file, valid_file = split_files(args.splits_dir, beta, seed)
             split = SplitParams(
-                seed=seed, test_fraction=beta, valid_fraction=args.valid_fraction,
-                test_users_file=test_file, valid_users_file=valid_file,
+                seed=seed,
+                test_fraction=beta,
+                valid_fraction=args.valid_fraction,
+                test_users_file=test_file,
+                valid_users_file=valid_file,
             )
             roles = assign_roles(src_users, tgt_users, split)
-            roles_df = pl.DataFrame({"user_id": sorted(roles), "role": [roles[u] for u in sorted(roles)]})
+            roles_df = pl.DataFrame(
+                {"user_id": sorted(roles), "role": [roles[u] for u in sorted(roles)]}
+            )
             data = build(interactions, roles_df, "source", "target")
+            tp, extra = condition_inputs(train, data, items, args.profiles)
             start = time.perf_counter()
-            fitted = harness.fit(data, methods, train.method_configs(), train.base, seed, train.threads)
+            fitted = harness.fit(
+                data, methods, tp.method_configs(), tp.base, seed, tp.threads, extra
+            )
             results = harness.evaluate(fitted, "test")
             log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
             for name, row in results.items():
@@ -181,13 +251,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, required=True, help="source-domain .inter file")
     p.add_argument("--target", type=Path, required=True, help="target-domain .inter file")
-    p.add_argument("--splits-dir", type=Path, help="DIR/beta<B>_seed<S>/cold_users.txt pins the test users")
-    p.add_argument("--betas", type=_floats, default=[0.2, 0.5, 0.8], help="test shares of overlapping users")
+    p.add_argument(
+        "--splits-dir", type=Path, help="DIR/beta<B>_seed<S>/cold_users.txt pins the test users"
+    )
+    p.add_argument(
+        "--betas", type=_floats, default=[0.2, 0.5, 0.8], help="test shares of overlapping users"
+    )
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split and model seeds")
     p.add_argument("--methods", help="comma-separated subset (default: train.methods of --params)")
-    p.add_argument("--params", default="params.yaml", help="take the train section from this params file")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="validation share of overlapping users")
+    p.add_argument(
+        "--params", default="params.yaml", help="take the train section from this params file"
+    )
+    p.add_argument(
+        "--valid-fraction", type=float, default=0.1, help="validation share of overlapping users"
+    )
     p.add_argument("--dataset", help="name recorded in the results (default: from the file names)")
+    p.add_argument(
+        "--source-items", type=Path, help="RecBole .item file of the source domain (item text)"
+    )
+    p.add_argument("--text-encoder", default="minilm", help="text encoder for --source-items")
+    p.add_argument("--profiles", type=Path, help="user_profiles store directory (LLM profiles)")
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)
     if args.params and not Path(args.params).exists():
@@ -196,7 +279,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     args = parse_args(argv)
     try:
         records = run(args)

@@ -70,3 +70,25 @@ def test_second_repro_changes_nothing(repo):
 def test_metrics_show(repo):
     run = dvc(repo, "metrics", "show", "--json")
     assert run.returncode == 0 and "overlap_users" in run.stdout
+
+
+def test_feature_stores_models_metrics_and_top_k(repo):
+    import json
+
+    items = pl.read_parquet(repo / "data/features/items.parquet")
+    assert items["has_text"].all() and items["fused_emb"].dtype.shape == (384,)
+    profiles = pl.concat(
+        [pl.read_parquet(p) for p in (repo / "data/features/users").glob("part-*.parquet")]
+    )
+    roles = pl.read_parquet(repo / "data/split/roles.parquet")
+    needed = roles.filter(pl.col("role").is_in(["train_overlap", "valid_cold", "test_cold"])).height
+    assert profiles.height == needed and (profiles["model"].str.contains("smollm2")).all()
+    metrics = json.loads((repo / "metrics/cold_start.json").read_text())
+    assert {"item_mean_user_bias", "popularity", "diffcdr", "ours"} <= set(metrics)
+    part = repo / "data/scores/dt=2026-01-01"
+    assert (part / "_SUCCESS").exists()
+    scores = pl.read_parquet(part / "part-*.parquet")
+    cold = roles.filter(pl.col("role").is_in(["valid_cold", "test_cold"])).height
+    assert scores["user_id"].n_unique() == cold and scores["rank"].max() == 20
+    manifest = json.loads((part / "manifest.json").read_text())
+    assert manifest["method"] in metrics

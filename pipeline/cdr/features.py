@@ -19,7 +19,7 @@ from pipeline.cdr.data import CDRData
 from pipeline.cdr.methods import METHODS
 from pipeline.errors import PipelineError
 
-log = logging.getLogger("train")
+log = logging.getLogger("features")
 
 ITEM_VECTOR = "fused_emb"  # the item store's column used for pooling
 
