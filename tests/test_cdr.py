@@ -37,9 +37,13 @@ def test_no_cold_user_target_row_reaches_training(data, tiny_project):
     # ... yet their source history is kept, and their target rows are all held out.
     assert cold <= set(data.user_ids[np.unique(data.src.user)])
     inter = pl.read_parquet(tiny_project / "data/prepared/interactions.parquet")
-    n_cold_target = inter.filter((pl.col("domain") == "movies") & pl.col("user_id").is_in(list(cold))).height
+    n_cold_target = inter.filter(
+        (pl.col("domain") == "movies") & pl.col("user_id").is_in(list(cold))
+    ).height
     assert len(data.tgt_valid) + len(data.tgt_test) == n_cold_target
-    visible = np.isin(data.role[data.tgt_train.user], [ROLE_CODES["train_overlap"], ROLE_CODES["side"]])
+    visible = np.isin(
+        data.role[data.tgt_train.user], [ROLE_CODES["train_overlap"], ROLE_CODES["side"]]
+    )
     assert visible.all()
 
 
@@ -49,7 +53,16 @@ def fit_eval(data, names, seed=0):
 
 
 def test_every_method_trains_and_scores_every_test_user(data):
-    names = ["global_mean", "popularity", "item_mean", "item_mean_user_bias", "tgt_mf", "emcdr", "ptupcdr", "diffcdr"]
+    names = [
+        "global_mean",
+        "popularity",
+        "item_mean",
+        "item_mean_user_bias",
+        "tgt_mf",
+        "emcdr",
+        "ptupcdr",
+        "diffcdr",
+    ]
     results = fit_eval(data, names)
     assert list(results) == names
     n_ranked = results["popularity"]["ranked_users"]
