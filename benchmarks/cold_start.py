@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     items = item_text_vectors(args.source_items, args.text_encoder) if args.source_items else None
     records = []
+    steps_rows: list[dict] = []
     for beta in args.betas:
         for seed in args.seeds:
             test_file, valid_file = split_files(args.splits_dir, beta, seed)
@@ -171,6 +172,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 data, methods, tp.method_configs(), tp.base, seed, tp.threads, extra
             )
             results = harness.evaluate(fitted, "test")
+            if args.steps_curve:
+                for row in harness.sampling_steps_curve(fitted, "test", steps=(5, 10, 30)):
+                    steps_rows.append({"beta": beta, "seed": seed, **row})
             log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
             for name, row in results.items():
                 records.append(
@@ -192,6 +196,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
             if args.out:
                 write_json(records, args.out)  # after every split: a crash keeps what finished
+    if steps_rows:
+        print(steps_table(steps_rows))
     return records
 
 
@@ -213,6 +219,20 @@ def table(records: list[dict], metrics=TABLE_METRICS) -> str:
                 mean, std = harness.mean_std(values)
                 cells.append(f"{mean:.4f} ± {std:.4f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steps_table(rows: list[dict]) -> str:
+    """Test metrics of the diffusion methods by sampling steps, mean over seeds."""
+    keys = sorted({(r["method"], r["beta"], r["steps"]) for r in rows})
+    lines = ["| method | beta | steps | rmse | mae | ndcg@10 |", "|---|---|---|---|---|---|"]
+    for method, beta, steps in keys:
+        sel = [r for r in rows if (r["method"], r["beta"], r["steps"]) == (method, beta, steps)]
+        cells = []
+        for k in ("rmse", "mae", "ndcg@10"):
+            m, _ = harness.mean_std([r.get(k) for r in sel])
+            cells.append(f"{m:.4f}")
+        lines.append(f"| {method} | {beta} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -271,6 +291,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--text-encoder", default="minilm", help="text encoder for --source-items")
     p.add_argument("--profiles", type=Path, help="user_profiles store directory (LLM profiles)")
+    p.add_argument(
+        "--steps-curve",
+        action="store_true",
+        help="also print test metrics of the diffusion methods at 5, 10 and 30 sampling steps",
+    )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)
     if args.params and not Path(args.params).exists():
