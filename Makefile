@@ -26,7 +26,7 @@ repro: setup  ## run the whole pipeline (embedded default unless params.yaml say
 	@echo "outputs: data/ (tables, features, models, top-K lists), metrics/ ('dvc metrics show')"
 
 test: setup  ## run the test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=8
 
 lint:  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
