@@ -149,3 +149,30 @@ def test_disabled_stage_writes_an_empty_store(project):
     params = load_params("params.yaml", {"user_profiles.enabled": False})
     assert up.user_profiles(params) == {"enabled": False}
     assert up.load_profiles().is_empty()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(project, monkeypatch):
+    from pipeline.encoders.llm import TransformersWriter
+
+    params = load_params("params.yaml")
+    real = TransformersWriter.generate
+    calls = {"n": 0}
+
+    def crash_after_first_batch(self, conversations, max_new_tokens, retry=False):
+        if not retry:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # the job is killed during the second batch
+        return real(self, conversations, max_new_tokens, retry)
+
+    monkeypatch.setattr(TransformersWriter, "generate", crash_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        up.user_profiles(params)
+    assert up.load_profiles().is_empty()  # no half-written store
+    monkeypatch.setattr(TransformersWriter, "generate", real)
+    resumed = up.user_profiles(params)
+    batch = params.user_profiles.batch_size
+    assert resumed["reused"] == batch  # the first batch is not generated again
+    no_history = resumed["rejected_reasons"].get("no_history", 0)
+    assert resumed["generated_now"] + batch + no_history == resumed["users"]
+    assert not list(Path("data/features").glob(".users.journal.jsonl"))
