@@ -44,18 +44,7 @@ from pipeline.split import assign_roles
 
 log = logging.getLogger("benchmark")
 
-RECORD_METRICS = (
-    "mae",
-    "rmse",
-    "ndcg@10",
-    "hit@10",
-    "recall@10",
-    "mrr@10",
-    "ndcg@20",
-    "hit@20",
-    "recall@20",
-    "mrr@20",
-)
+RECORD_METRICS = harness.METRIC_KEYS
 TABLE_METRICS = ("mae", "rmse", "ndcg@10", "hit@10")
 
 

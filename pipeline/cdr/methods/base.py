@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -125,6 +126,23 @@ class Method:
         if factors is None:
             raise NotImplementedError(f"{self.name} produces no scores")
         return factors
+
+
+class StepsSwitch:
+    """For diffusion methods: ``sample_steps`` can be changed for a while (steps curves,
+    scoring with other steps) without retraining."""
+
+    sample_steps: int
+
+    @contextlib.contextmanager
+    def with_steps(self, steps: int):
+        """Temporarily sample with another number of solver steps."""
+        saved = self.sample_steps
+        self.sample_steps = steps
+        try:
+            yield self
+        finally:
+            self.sample_steps = saved
 
 
 def select_on_valid(

@@ -15,8 +15,6 @@ Unlike the public code, epochs and the guidance scale are chosen on validation c
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
@@ -25,12 +23,12 @@ from torch.nn import functional as F
 from models.denoisers import LinearDenoiser
 from models.diffusion import VectorDiffusion
 from pipeline.cdr.configs import DiffCDRConfig
-from pipeline.cdr.methods.base import Factors, FitContext, Method
+from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
 from pipeline.cdr.methods.spaces import Space, main_space, target_rows
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 
 
-class DiffCDR(Method):
+class DiffCDR(StepsSwitch, Method):
     name = "diffcdr"
     saved_attributes = ("guidance",)
 
@@ -128,16 +126,6 @@ class DiffCDR(Method):
             "guidance": self.guidance,
             f"valid_{self.space.select_metric}": scores[self.guidance],
         }
-
-    @contextlib.contextmanager
-    def with_steps(self, steps: int):
-        """Temporarily sample with another number of solver steps."""
-        saved = self.sample_steps
-        self.sample_steps = steps
-        try:
-            yield self
-        finally:
-            self.sample_steps = saved
 
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors | None:
         return self.space.factors(self.generate(users)) if self.space.kind == "rating" else None

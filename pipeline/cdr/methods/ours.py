@@ -35,7 +35,6 @@ cold users only (with the checkpoint and the guidance scale):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from typing import Any, ClassVar
@@ -53,7 +52,7 @@ from models.denoisers import (
 from models.diffusion import VectorDiffusion
 from pipeline.cdr import metrics
 from pipeline.cdr.configs import OursConfig
-from pipeline.cdr.methods.base import Factors, FitContext, Method
+from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
 from pipeline.cdr.training import minibatches, seed_everything
 from pipeline.errors import PipelineError
 
@@ -77,7 +76,7 @@ def _user_noise(users: np.ndarray, draws: int, dim: int) -> torch.Tensor:
     return torch.from_numpy(out.reshape(draws * len(users), dim))
 
 
-class Ours(Method):
+class Ours(StepsSwitch, Method):
     name = "ours"
     saved_attributes = ("scales", "rating_choice", "ranking_choice", "cond_dims", "cond_stats")
 
@@ -220,16 +219,6 @@ class Ours(Method):
         # The mean of several draws estimates E[x0 | condition], what RMSE and NDCG reward.
         x = x.reshape(k, len(users), self.x_dim).mean(0)
         return x * self.scales["std"] + self.scales["mean"]
-
-    @contextlib.contextmanager
-    def with_steps(self, steps: int):
-        """Temporarily sample with another number of solver steps."""
-        saved = self.sample_steps
-        self.sample_steps = steps
-        try:
-            yield self
-        finally:
-            self.sample_steps = saved
 
     def _rating_factors(
         self, vec: torch.Tensor, users: np.ndarray, lam: float, gam: float, kappa: float = 0.0
