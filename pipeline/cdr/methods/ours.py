@@ -25,10 +25,15 @@ Generation: DPM-Solver++ (diffusers) from seeded noise with classifier-free guid
 Predictions keep the honest floors as special cases, with the blend chosen on validation
 cold users only (with the checkpoint and the guidance scale):
 
-- rating = item_mean[i] + kappa * (mf_offset[i] - item_mean[i]) + (1 - lam) * source_bias
-  + lam * bias_hat + gam * <taste_hat, q_i>, where mf_offset is the target MF's regularised
-  mu + b_i; lam = gam = kappa = 0 is exactly ``item_mean_user_bias``. The three weights are
-  fitted by least squares on the validation ratings;
+- rating = item_mean[i] + kappa * (mf_offset[i] - item_mean[i]) + (1 - lam) * habit_bias
+  + lam * bias_hat + gam * <taste_hat, q_i>, where habit_bias is the target bias read from the
+  user's source rating habits (``habits.py``, fitted on the training overlap users; the floor's
+  shrunk source bias is its special case) and mf_offset is the target MF's regularised
+  mu + b_i. The three weights are fitted by least squares on validation ratings, and the
+  checkpoint and guidance are picked by *cross-fitted* error (weights fitted on other
+  validation users); a blend that does not beat the habit readout alone by two standard
+  errors is dropped (lam = gam = kappa = 0). With the floor's readout, 0, 0, 0 is exactly
+  ``item_mean_user_bias``;
 - ranking score = log popularity[i] + alpha * (<rank_hat, w_i> + bpr_bias[i]);
   alpha = 0 is exactly ``popularity``.
 """
@@ -52,6 +57,7 @@ from models.denoisers import (
 from models.diffusion import VectorDiffusion
 from pipeline.cdr import metrics
 from pipeline.cdr.configs import OursConfig
+from pipeline.cdr.methods import habits
 from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
 from pipeline.cdr.training import minibatches, seed_everything
 from pipeline.errors import PipelineError
@@ -78,7 +84,14 @@ def _user_noise(users: np.ndarray, draws: int, dim: int) -> torch.Tensor:
 
 class Ours(StepsSwitch, Method):
     name = "ours"
-    saved_attributes = ("scales", "rating_choice", "ranking_choice", "cond_dims", "cond_stats")
+    saved_attributes = (
+        "scales",
+        "rating_choice",
+        "ranking_choice",
+        "cond_dims",
+        "cond_stats",
+        "readout",
+    )
 
     config_name = "ours"  # ablations read the same params section
     drops_inputs: ClassVar[tuple[str, ...]] = ()  # ablations: condition inputs left out
@@ -94,6 +107,7 @@ class Ours(StepsSwitch, Method):
         self.rating_choice: dict[str, float] = {}
         self.ranking_choice: dict[str, float] = {}
         self.cond_stats: dict[str, torch.Tensor] = {}  # fixed at training (fold-in safe)
+        self.readout = habits.floor_weights()  # source habits -> target bias (fitted in fit)
 
     # ------------------------------------------------------------------ inputs and targets
     def _condition(self, ctx: FitContext) -> dict[str, torch.Tensor]:
@@ -128,6 +142,7 @@ class Ours(StepsSwitch, Method):
     def load_state_dict(self, ctx: FitContext, state: dict) -> None:
         super().load_state_dict(ctx, state)
         self.cond = self._condition(ctx)  # again, with the training statistics
+        self._set_prior(ctx)
 
     @staticmethod
     def _extra(ctx: FitContext, key: str, stage: str) -> np.ndarray:
@@ -183,7 +198,12 @@ class Ours(StepsSwitch, Method):
             self.item_mean = torch.as_tensor(ctx.item_mean, dtype=torch.float32)
             mf = ctx.base.tgt_mf
             self.item_offset = (mf.global_mean + mf.item_bias.weight.detach()[:, 0]).float()
-            self.src_bias = torch.as_tensor(ctx.src.bias, dtype=torch.float32)
+            self._set_prior(ctx)
+
+    def _set_prior(self, ctx: FitContext) -> None:
+        """Every user's target bias as read from their source habits (the floor's by default)."""
+        prior = habits.apply_readout(habits.habits(ctx.src), self.readout)
+        self.prior_bias = torch.as_tensor(prior, dtype=torch.float32)
 
     def _network(self) -> ConditionalGenerator:
         cfg = self.config
@@ -225,7 +245,7 @@ class Ours(StepsSwitch, Method):
     ) -> Factors:
         bias = vec[:, self.slices["bias"]][:, 0]
         taste = vec[:, self.slices["taste"]]
-        floor = self.src_bias[torch.as_tensor(users)]
+        floor = self.prior_bias[torch.as_tensor(users)]
         user_bias = (1 - lam) * floor + lam * bias
         n = len(users)
         user = torch.cat([gam * taste, user_bias[:, None], torch.ones(n, 1)], 1)
@@ -246,10 +266,12 @@ class Ours(StepsSwitch, Method):
         if not ctx.data.explicit:
             return None
         c = self.rating_choice
-        vec = self.generate(self.net_rating, users, c["guidance"])
-        return self._rating_factors(
-            vec, users, c["bias_blend"], c["interaction"], c.get("item_offset", 0.0)
-        )
+        lam, gam, kappa = c["bias_blend"], c["interaction"], c.get("item_offset", 0.0)
+        if lam == 0 and gam == 0:  # generated vectors unused: skip the sampling
+            vec = torch.zeros(len(users), self.x_dim)
+        else:
+            vec = self.generate(self.net_rating, users, c["guidance"])
+        return self._rating_factors(vec, users, lam, gam, kappa)
 
     def ranking_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
         c = self.ranking_choice
@@ -263,6 +285,8 @@ class Ours(StepsSwitch, Method):
         self.build(ctx)
         data = ctx.data
         overlap = data.users("train_overlap")
+        if cfg.habits and data.explicit:
+            self._fit_readout(ctx, overlap)
         side = data.users("side") if cfg.side_users else np.zeros(0, np.int64)
         users = np.concatenate([overlap, side])
         is_overlap = torch.as_tensor(np.isin(users, overlap))
@@ -299,29 +323,49 @@ class Ours(StepsSwitch, Method):
                 snapshots.append((epoch, copy.deepcopy(net.state_dict())))
         self._select(ctx, snapshots)
 
+    def _fit_readout(self, ctx: FitContext, overlap: np.ndarray) -> None:
+        """The habit readout, fitted on the training overlap users; kept only if it is no worse
+        than the floor's bias on validation users (RMSE and MAE, relative, summed)."""
+        fitted = habits.fit_readout(habits.habits(ctx.src), ctx.data.tgt_train, overlap)
+        held = ctx.data.heldout("valid")
+
+        def errors(weights: list[float]) -> np.ndarray:
+            self.readout = weights
+            self._set_prior(ctx)
+            pred = ctx.item_mean[held.item] + self.prior_bias[held.user].double().numpy()
+            err = np.clip(pred, 1.0, 5.0) - held.rating
+            return np.array([np.sqrt(np.mean(err**2)), np.mean(np.abs(err))])
+
+        floor = errors(habits.floor_weights())
+        if len(held) and (errors(fitted) / floor).sum() > 2.0:
+            self.readout = habits.floor_weights()
+            self._set_prior(ctx)
+
     def _select(self, ctx: FitContext, snapshots: list[tuple[int, dict]]) -> None:
-        """Checkpoint, guidance and blend weights on validation cold users only."""
+        """Checkpoint, guidance and blend weights on validation cold users only.
+
+        The rating blend is fitted on the validation ratings, so the candidates (checkpoint x
+        guidance) are compared by *cross-fitted* RMSE: weights fitted on four fifths of the
+        validation users, errors taken on the other fifth. The blend that is fitted in-sample
+        always looks better than it is; the cross-fitted error does not, so a candidate only
+        wins when its generated vectors help users the blend was not fitted on. If none beats
+        the habit readout alone (no blend), the readout alone is kept.
+        """
         cfg = self.config
         valid = ctx.data.cold_users("valid")
-        best_rating = (np.inf, None, None)
         best_ranking = (-np.inf, None, None)
         net = self.net_rating
+        blend = _Blend(self, ctx, valid) if ctx.data.explicit else None
+        best_rating = (blend.score(None), None, None) if blend else None
         for epoch, state in snapshots:
             net.load_state_dict(state)
             for w in cfg.guidance_grid:
                 vec = self.generate(net, valid, w)
-                if ctx.data.explicit:
-                    lam, gam, kappa = self._fit_blend(ctx, vec, valid)
-                    f = self._rating_factors(vec, valid, lam, gam, kappa)
-                    rmse = ctx.rating_metrics(f, "valid")["rmse"]
-                    if rmse < best_rating[0] - 1e-9:
-                        choice = {
-                            "guidance": w,
-                            "bias_blend": lam,
-                            "interaction": gam,
-                            "item_offset": kappa,
-                        }
-                        best_rating = (rmse, epoch, choice)
+                if blend is not None:
+                    design = blend.design(vec)
+                    score = blend.score(design)
+                    if score < best_rating[0] - 1e-9:
+                        best_rating = (score, epoch, (w, design))
                 for alpha in cfg.ranking_grid:
                     f = self._ranking_factors(vec, alpha)
                     ndcg = ctx.ranking_metrics(f, "valid", ks=(10,))["ndcg@10"]
@@ -331,35 +375,101 @@ class Ours(StepsSwitch, Method):
         self.ranking_choice = {**best_ranking[2], "epoch": best_ranking[1]}
         self.net_ranking.load_state_dict(states[best_ranking[1]])
         self.info = {"ranking": self.ranking_choice, "valid_ndcg@10": best_ranking[0]}
-        if ctx.data.explicit:
-            self.rating_choice = {**best_rating[2], "epoch": best_rating[1]}
-            net.load_state_dict(states[best_rating[1]])
-            self.info.update(rating=self.rating_choice, valid_rmse=best_rating[0])
+        if blend is not None:
+            score, epoch, picked = best_rating
+            if picked is None:  # the readout alone: any checkpoint, no generated terms
+                epoch, guidance, coef = snapshots[-1][0], 0.0, (0.0, 0.0, 0.0)
+            else:
+                guidance, coef = picked[0], blend.fit(picked[1])
+            lam, gam, kappa = coef
+            self.rating_choice = {
+                "guidance": guidance,
+                "bias_blend": lam,
+                "interaction": gam,
+                "item_offset": kappa,
+                "epoch": epoch,
+            }
+            net.load_state_dict(states[epoch])
+            design = None if picked is None else picked[1]
+            err = blend.predict(design) - blend.rating
+            self.info.update(
+                rating=self.rating_choice,
+                valid_rmse=float(err.pow(2).mean().sqrt()),  # cross-fitted
+                valid_loss_vs_readout=score,
+                habit_readout=dict(zip((*habits.HABITS, "intercept"), self.readout, strict=True)),
+            )
         self.net_rating.eval()
         self.net_ranking.eval()
 
-    def _fit_blend(
-        self, ctx: FitContext, vec: torch.Tensor, valid: np.ndarray
-    ) -> tuple[float, float, float]:
-        """Least-squares bias blend, interaction gate and item-offset blend on the validation
-        ratings.
 
-        Three numbers fitted on every validation rating are far less noisy than picking the
-        best cell of a grid; all are kept in [0, 1] so 0, 0, 0 (the floor) stays inside.
-        """
+class _Blend:
+    """The rating blend on validation ratings: rating = base + design @ (lam, gam, kappa),
+    base = item mean + habit-read bias, design = (generated bias - habit bias, generated
+    interaction, item-offset shift). Least squares, weights kept in [0, 1] so (0, 0, 0), the
+    readout alone, stays inside."""
+
+    FOLDS = 5
+
+    def __init__(self, model: Ours, ctx: FitContext, valid: np.ndarray):
         held = ctx.data.heldout("valid")
-        row = torch.as_tensor(np.searchsorted(valid, held.user))
-        item = torch.as_tensor(held.item)
-        floor = self.src_bias[torch.as_tensor(held.user)]
-        bias = vec[row, self.slices["bias"]][:, 0]
-        inter = (vec[row, self.slices["taste"]] * self.taste_items[item]).sum(-1)
-        resid = torch.as_tensor(held.rating, dtype=torch.float32) - self.item_mean[item] - floor
-        shift = self.item_offset[item] - self.item_mean[item]
-        a = torch.stack([bias - floor, inter, shift], 1).double()
-        ridge = 1e-3 * len(resid) * torch.eye(3, dtype=torch.float64)
-        coef = torch.linalg.solve(a.T @ a + ridge, a.T @ resid.double())
-        lam, gam, kappa = (round(float(c), 4) for c in coef.clamp(0.0, 1.0))
-        return lam, gam, kappa
+        self.model = model
+        self.row = torch.as_tensor(np.searchsorted(valid, held.user))
+        self.item = torch.as_tensor(held.item)
+        self.prior = model.prior_bias[torch.as_tensor(held.user)].double()
+        self.base = model.item_mean[self.item].double() + self.prior
+        self.rating = torch.as_tensor(held.rating, dtype=torch.float64)
+        # Users, not rows, go to folds: a user's ratings are not independent of each other.
+        fold_of_user = np.random.default_rng(ctx.seed).permutation(len(valid)) % self.FOLDS
+        self.fold = torch.as_tensor(fold_of_user[self.row.numpy()])
+        e0 = self.predict(None) - self.rating  # the readout alone: the reference
+        self.mse0, self.mae0 = float(e0.pow(2).mean()), float(e0.abs().mean())
+        self.loss0 = self._loss(e0)
+
+    def design(self, vec: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        bias = vec[self.row, m.slices["bias"]][:, 0].double()
+        inter = (vec[self.row, m.slices["taste"]] * m.taste_items[self.item]).sum(-1).double()
+        shift = (m.item_offset[self.item] - m.item_mean[self.item]).double()
+        return torch.stack([bias - self.prior, inter, shift], 1)
+
+    def fit(self, design: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[float, ...]:
+        a = design if rows is None else design[rows]
+        y = (self.rating - self.base) if rows is None else (self.rating - self.base)[rows]
+        ridge = 1e-3 * len(y) * torch.eye(a.shape[1], dtype=torch.float64)
+        coef = torch.linalg.solve(a.T @ a + ridge, a.T @ y).clamp(0.0, 1.0)
+        return tuple(round(float(c), 4) for c in coef)
+
+    def predict(self, design: torch.Tensor | None) -> torch.Tensor:
+        """Cross-fitted predictions (``None``: the readout alone, nothing fitted)."""
+        pred = self.base.clone()
+        if design is not None:
+            for k in range(self.FOLDS):
+                out = self.fold == k
+                coef = torch.tensor(self.fit(design, ~out), dtype=torch.float64)
+                pred[out] += design[out] @ coef
+        return pred.clamp(1.0, 5.0)
+
+    def score(self, design: torch.Tensor | None) -> float:
+        """How much worse than the readout alone the blend is on unseen validation users
+        (negative: better), counting RMSE and MAE alike (both are reported, so a blend must
+        not buy one with the other): the per-rating loss is e^2 / (2 mse0) + |e| / mae0, each
+        term the first-order relative change of its metric against the readout's.
+
+        A gain smaller than two standard errors (over users, whose ratings are not
+        independent) is noise on a validation set this size, and scores as no gain.
+        """
+        if design is None:
+            return 0.0
+        diff = self._loss(self.predict(design) - self.rating) - self.loss0
+        per_user = torch.zeros(int(self.row.max()) + 1, dtype=torch.float64)
+        per_user.index_add_(0, self.row, diff)
+        count = torch.bincount(self.row, minlength=len(per_user)).double()
+        mean = float(diff.mean())
+        se = float((per_user - count * mean).pow(2).sum().sqrt()) / len(diff)
+        return mean if mean < -2.0 * se else 0.0
+
+    def _loss(self, err: torch.Tensor) -> torch.Tensor:
+        return err.pow(2) / (2 * self.mse0) + err.abs() / self.mae0
 
 
 class _TaskTargets:
@@ -444,7 +554,14 @@ OursNoItemFeatures = _ablation(
     "ours_no_item_features", "ours without the liked-item features input.", ("liked_items",)
 )
 
+OursNoHabits = _ablation(
+    "ours_no_habits",
+    "ours reading the user bias from the source mean alone (the floor's), not the habits.",
+    habits=False,
+)
+
 ABLATIONS: tuple[type[Ours], ...] = (
+    OursNoHabits,
     OursNoSideUsers,
     OursNoTaskLoss,
     OursLinear,

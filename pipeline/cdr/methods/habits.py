@@ -1,0 +1,76 @@
+"""A user's rating habits, carried from the source domain to the target one.
+
+``item_mean_user_bias`` carries one number: how far above the source item means a user rates.
+The shape of the user's source ratings says more: someone who gives only fives keeps giving
+fives, someone who uses the whole scale will use it again. ``HabitReadout`` is a linear map
+from those habits to the user's target rating bias, fitted by least squares on the target
+ratings of the training overlap users (never a cold user's), each rating compared with its
+item's mean over the *other* visible raters so that a user's own rating does not leak into the
+item mean it is compared with.
+
+With weights (1, 0, ..., 0) the readout is exactly the floor's shrunk source bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.cdr.base import SourceView
+from pipeline.cdr.data import Interactions
+
+HABITS = ("source_bias", "top_share", "low_share", "spread", "log_history")
+TOP, LOW = 5.0, 3.0  # Amazon's 1-5 stars: a five, and three or lower
+
+
+def habits(src: SourceView) -> np.ndarray:
+    """(n_users, len(HABITS)) per user; zeros for users without a source history."""
+    n_users = len(src.indptr) - 1
+    user = np.repeat(np.arange(n_users), np.diff(src.indptr))
+    n = np.maximum(src.count, 1)
+    ratings = src.ratings.astype(np.float64)
+
+    def per_user(values: np.ndarray) -> np.ndarray:
+        return np.bincount(user, weights=values, minlength=n_users) / n
+
+    mean = per_user(ratings)
+    spread = np.sqrt(np.maximum(per_user(ratings**2) - mean**2, 0.0))
+    return np.stack(
+        [
+            src.bias,
+            per_user((ratings >= TOP).astype(np.float64)),
+            per_user((ratings <= LOW).astype(np.float64)),
+            spread,
+            np.log1p(src.count),
+        ],
+        1,
+    )
+
+
+def fit_readout(
+    x: np.ndarray, train: Interactions, users: np.ndarray, ridge: float = 1e-3
+) -> list[float]:
+    """Weights (len(HABITS) + 1,), the last one an intercept, of the target rating bias of
+    ``users`` on their habits ``x`` (rows: every user), over their visible target ratings."""
+    n_items = int(train.item.max()) + 1 if len(train) else 0
+    count = np.bincount(train.item, minlength=n_items).astype(np.float64)
+    total = np.bincount(train.item, weights=train.rating, minlength=n_items)
+    keep = np.isin(train.user, users)
+    item, rating = train.item[keep], train.rating[keep]
+    others = count[item] - 1
+    fallback = float(train.rating.mean()) if len(train) else 0.0
+    loo_mean = np.where(others > 0, (total[item] - rating) / np.maximum(others, 1), fallback)
+    a = np.concatenate([x[train.user[keep]], np.ones((keep.sum(), 1))], 1)
+    y = rating - loo_mean
+    reg = ridge * len(y) * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    return [round(float(w), 6) for w in np.linalg.solve(a.T @ a + reg, a.T @ y)]
+
+
+def floor_weights() -> list[float]:
+    """The readout that is exactly ``item_mean_user_bias``'s user bias."""
+    return [1.0] + [0.0] * len(HABITS)
+
+
+def apply_readout(x: np.ndarray, weights: list[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    return x @ w[:-1] + w[-1]
