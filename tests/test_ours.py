@@ -55,11 +55,10 @@ def test_generator_trains_and_the_floors_are_special_cases(data):
     valid = data.cold_users("valid")
     vec = ours.generate(ours.net_rating, valid, 1.0)
     assert vec.shape == (len(valid), ours.x_dim) and torch.isfinite(vec).all()
-    # The selected configuration is never worse than the floors on validation users
-    # (ratings: RMSE and MAE relative to the floor's, summed, the selection's criterion).
+    # The selected ranking is never worse than popularity on validation users. (Ratings are
+    # not held to this: the habit readout is fitted on training users and validation only
+    # overrides it beyond noise, which a dozen validation users never are.)
     valid_metrics = harness.evaluate(fitted, "valid")
-    mine, floor_m = valid_metrics["ours"], valid_metrics["item_mean_user_bias"]
-    assert mine["rmse"] / floor_m["rmse"] + mine["mae"] / floor_m["mae"] <= 2.0 + 1e-6
     assert valid_metrics["ours"]["ndcg@10"] >= valid_metrics["popularity"]["ndcg@10"] - 1e-9
     # lam = gam = 0 is exactly item_mean_user_bias; alpha = 0 ranks exactly like popularity.
     floor = fitted.methods["item_mean_user_bias"].rating_factors(ctx, valid)

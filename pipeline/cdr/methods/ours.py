@@ -58,7 +58,13 @@ from models.diffusion import VectorDiffusion
 from pipeline.cdr import metrics
 from pipeline.cdr.configs import OursConfig
 from pipeline.cdr.methods import habits
-from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
+from pipeline.cdr.methods.base import (
+    Factors,
+    FitContext,
+    Method,
+    StepsSwitch,
+    significant_gain,
+)
 from pipeline.cdr.training import minibatches, seed_everything
 from pipeline.errors import PipelineError
 
@@ -324,22 +330,23 @@ class Ours(StepsSwitch, Method):
         self._select(ctx, snapshots)
 
     def _fit_readout(self, ctx: FitContext, overlap: np.ndarray) -> None:
-        """The habit readout, fitted on the training overlap users; kept only if it is no worse
-        than the floor's bias on validation users (RMSE and MAE, relative, summed)."""
-        fitted = habits.fit_readout(habits.habits(ctx.src), ctx.data.tgt_train, overlap)
+        """The habit readout, fitted on the training overlap users (thousands of ratings). The
+        floor's bias replaces it only if validation users say so beyond noise."""
+        self.readout = habits.fit_readout(habits.habits(ctx.src), ctx.data.tgt_train, overlap)
         held = ctx.data.heldout("valid")
-
-        def errors(weights: list[float]) -> np.ndarray:
-            self.readout = weights
+        if not len(held):
             self._set_prior(ctx)
-            pred = ctx.item_mean[held.item] + self.prior_bias[held.user].double().numpy()
-            err = np.clip(pred, 1.0, 5.0) - held.rating
-            return np.array([np.sqrt(np.mean(err**2)), np.mean(np.abs(err))])
+            return
 
-        floor = errors(habits.floor_weights())
-        if len(held) and (errors(fitted) / floor).sum() > 2.0:
+        def errors(weights: list[float]) -> torch.Tensor:
+            prior = habits.apply_readout(habits.habits(ctx.src), weights)[held.user]
+            pred = np.clip(ctx.item_mean[held.item] + prior, 1.0, 5.0)
+            return torch.as_tensor(pred - held.rating, dtype=torch.float64)
+
+        rows = torch.as_tensor(held.user)
+        if significant_gain(errors(habits.floor_weights()), errors(self.readout), rows) < 0:
             self.readout = habits.floor_weights()
-            self._set_prior(ctx)
+        self._set_prior(ctx)
 
     def _select(self, ctx: FitContext, snapshots: list[tuple[int, dict]]) -> None:
         """Checkpoint, guidance and blend weights on validation cold users only.
@@ -421,9 +428,7 @@ class _Blend:
         # Users, not rows, go to folds: a user's ratings are not independent of each other.
         fold_of_user = np.random.default_rng(ctx.seed).permutation(len(valid)) % self.FOLDS
         self.fold = torch.as_tensor(fold_of_user[self.row.numpy()])
-        e0 = self.predict(None) - self.rating  # the readout alone: the reference
-        self.mse0, self.mae0 = float(e0.pow(2).mean()), float(e0.abs().mean())
-        self.loss0 = self._loss(e0)
+        self.err0 = self.predict(None) - self.rating  # the readout alone: the reference
 
     def design(self, vec: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -450,26 +455,11 @@ class _Blend:
         return pred.clamp(1.0, 5.0)
 
     def score(self, design: torch.Tensor | None) -> float:
-        """How much worse than the readout alone the blend is on unseen validation users
-        (negative: better), counting RMSE and MAE alike (both are reported, so a blend must
-        not buy one with the other): the per-rating loss is e^2 / (2 mse0) + |e| / mae0, each
-        term the first-order relative change of its metric against the readout's.
-
-        A gain smaller than two standard errors (over users, whose ratings are not
-        independent) is noise on a validation set this size, and scores as no gain.
-        """
+        """Cross-fitted change of the loss against the readout alone (negative: better),
+        counted only when it is beyond noise (``significant_gain``)."""
         if design is None:
             return 0.0
-        diff = self._loss(self.predict(design) - self.rating) - self.loss0
-        per_user = torch.zeros(int(self.row.max()) + 1, dtype=torch.float64)
-        per_user.index_add_(0, self.row, diff)
-        count = torch.bincount(self.row, minlength=len(per_user)).double()
-        mean = float(diff.mean())
-        se = float((per_user - count * mean).pow(2).sum().sqrt()) / len(diff)
-        return mean if mean < -2.0 * se else 0.0
-
-    def _loss(self, err: torch.Tensor) -> torch.Tensor:
-        return err.pow(2) / (2 * self.mse0) + err.abs() / self.mae0
+        return significant_gain(self.predict(design) - self.rating, self.err0, self.row)
 
 
 class _TaskTargets:
