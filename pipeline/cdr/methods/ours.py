@@ -352,11 +352,12 @@ class Ours(StepsSwitch, Method):
         """Checkpoint, guidance and blend weights on validation cold users only.
 
         The rating blend is fitted on the validation ratings, so the candidates (checkpoint x
-        guidance) are compared by *cross-fitted* RMSE: weights fitted on four fifths of the
-        validation users, errors taken on the other fifth. The blend that is fitted in-sample
-        always looks better than it is; the cross-fitted error does not, so a candidate only
-        wins when its generated vectors help users the blend was not fitted on. If none beats
-        the habit readout alone (no blend), the readout alone is kept.
+        guidance) are compared by *cross-fitted* error: weights fitted on four fifths of the
+        validation users, errors taken on the other fifth. A blend fitted in-sample always
+        looks better than it is; the cross-fitted error does not, so a candidate only wins
+        when its generated vectors help users the blend was not fitted on, by more than noise
+        (``significant_gain``, RMSE and MAE counted alike). If none does, the habit readout
+        alone is kept.
         """
         cfg = self.config
         valid = ctx.data.cold_users("valid")
