@@ -77,6 +77,9 @@ class OursConfig(BaseModel):
         "source_stats",
     ]  # condition inputs; profile / liked_items need the user_profiles / item_features stores
     habits: bool = True  # user bias read from the source rating habits, not the mean alone
+    gate_se: float = Field(
+        2.0, ge=0
+    )  # validation changes the rating head only beyond this many SEs
     side_users: bool = True  # target-only users train the unconditional branch
     cond_drop: float = Field(0.1, ge=0, le=1)  # overlap users trained unconditionally this often
     task_loss: bool = True  # rating / ranking losses on the predicted x0 reach the generator

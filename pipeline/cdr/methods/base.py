@@ -154,9 +154,11 @@ def select_on_valid(
     return candidates[best], values
 
 
-def significant_gain(err: torch.Tensor, ref: torch.Tensor, users: torch.Tensor) -> float:
+def significant_gain(
+    err: torch.Tensor, ref: torch.Tensor, users: torch.Tensor, z: float = 2.0
+) -> float:
     """Mean change of the per-rating loss going from errors ``ref`` to errors ``err``
-    (negative: better); 0.0 unless the change is beyond two standard errors over users.
+    (negative: better); 0.0 unless the change is beyond ``z`` standard errors over users.
 
     The loss counts RMSE and MAE alike, as both are reported and a choice must not buy one with
     the other: e^2 / (2 mse_ref) + |e| / mae_ref, each term the first-order relative change of
@@ -174,4 +176,4 @@ def significant_gain(err: torch.Tensor, ref: torch.Tensor, users: torch.Tensor) 
     count = torch.bincount(local).double()
     mean = float(diff.mean())
     se = float((per_user - count * mean).pow(2).sum().sqrt()) / len(diff)
-    return mean if mean < -2.0 * se else 0.0
+    return mean if mean < -z * se else 0.0

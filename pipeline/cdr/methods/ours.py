@@ -344,7 +344,8 @@ class Ours(StepsSwitch, Method):
             return torch.as_tensor(pred - held.rating, dtype=torch.float64)
 
         rows = torch.as_tensor(held.user)
-        if significant_gain(errors(habits.floor_weights()), errors(self.readout), rows) < 0:
+        floor = errors(habits.floor_weights())
+        if significant_gain(floor, errors(self.readout), rows, self.config.gate_se) < 0:
             self.readout = habits.floor_weights()
         self._set_prior(ctx)
 
@@ -460,7 +461,8 @@ class _Blend:
         counted only when it is beyond noise (``significant_gain``)."""
         if design is None:
             return 0.0
-        return significant_gain(self.predict(design) - self.rating, self.err0, self.row)
+        err = self.predict(design) - self.rating
+        return significant_gain(err, self.err0, self.row, self.model.config.gate_se)
 
 
 class _TaskTargets:
