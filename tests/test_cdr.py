@@ -8,8 +8,16 @@ import pytest
 
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import harness
-from pipeline.cdr.configs import DiffCDRConfig, EMCDRConfig, MFConfig, PTUPCDRConfig
+from pipeline.cdr.configs import (
+    METHOD_NAMES,
+    DiffCDRConfig,
+    EMCDRConfig,
+    MFConfig,
+    PTUPCDRConfig,
+    TrainParams,
+)
 from pipeline.cdr.data import ROLE_CODES
+from pipeline.cdr.methods import METHODS
 
 FAST = {
     "emcdr": EMCDRConfig(epochs=20, eval_every=5),
@@ -50,6 +58,11 @@ def test_no_cold_user_target_row_reaches_training(data, tiny_project):
 def fit_eval(data, names, seed=0):
     fitted = harness.fit(data, names, FAST, MF, seed)
     return harness.evaluate(fitted, "test")
+
+
+def test_every_registered_method_can_be_named_in_params():
+    assert tuple(METHODS) == METHOD_NAMES
+    assert TrainParams(methods=list(METHODS)).methods == list(METHODS)
 
 
 def test_every_method_trains_and_scores_every_test_user(data):

@@ -106,6 +106,7 @@ METHOD_NAMES = (
     "ptupcdr",
     "diffcdr",
     "ours",
+    "ours_no_habits",
     "ours_no_side_users",
     "ours_no_task_loss",
     "ours_linear",
