@@ -64,7 +64,7 @@ def test_generator_trains_and_the_floors_are_special_cases(data):
     floor = fitted.methods["item_mean_user_bias"].rating_factors(ctx, valid)
     # With the floor's habit readout (the user's shrunk source bias alone):
     ours.readout = habits.floor_weights()
-    ours._set_prior(ctx)
+    ours._set_prior()
     mine = ours._rating_factors(vec, valid, 0.0, 0.0)
     np.testing.assert_allclose(mine.scores().numpy(), floor.scores().numpy(), rtol=1e-5, atol=1e-5)
     pop = fitted.methods["popularity"].ranking_factors(ctx, valid).scores().numpy()

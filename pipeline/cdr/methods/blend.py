@@ -58,10 +58,8 @@ class RatingBlend:
                 pred[out] += design[out] @ coef
         return pred.clamp(1.0, 5.0)
 
-    def score(self, design: torch.Tensor | None) -> float:
+    def score(self, design: torch.Tensor) -> float:
         """Cross-fitted change of the loss against the readout alone (negative: better),
         counted only when it is beyond noise (``significant_gain``)."""
-        if design is None:
-            return 0.0
         err = self.predict(design) - self.rating
         return significant_gain(err, self.err0, self.row, self.model.config.gate_se)

@@ -149,7 +149,8 @@ class Ours(StepsSwitch, Method):
     def load_state_dict(self, ctx: FitContext, state: dict) -> None:
         super().load_state_dict(ctx, state)
         self.cond = self._condition(ctx)  # again, with the training statistics
-        self._set_prior(ctx)
+        if ctx.data.explicit:
+            self._set_prior()  # with the saved readout
 
     @staticmethod
     def _extra(ctx: FitContext, key: str, stage: str) -> np.ndarray:
@@ -205,11 +206,12 @@ class Ours(StepsSwitch, Method):
             self.item_mean = torch.as_tensor(ctx.item_mean, dtype=torch.float32)
             mf = ctx.base.tgt_mf
             self.item_offset = (mf.global_mean + mf.item_bias.weight.detach()[:, 0]).float()
-            self._set_prior(ctx)
+            self.habit_x = habits.habits(ctx.src)
+            self._set_prior()
 
-    def _set_prior(self, ctx: FitContext) -> None:
+    def _set_prior(self) -> None:
         """Every user's target bias as read from their source habits (the floor's by default)."""
-        prior = habits.apply_readout(habits.habits(ctx.src), self.readout)
+        prior = habits.apply_readout(self.habit_x, self.readout)
         self.prior_bias = torch.as_tensor(prior, dtype=torch.float32)
 
     def _network(self) -> ConditionalGenerator:
@@ -333,22 +335,20 @@ class Ours(StepsSwitch, Method):
     def _fit_readout(self, ctx: FitContext, overlap: np.ndarray) -> None:
         """The habit readout, fitted on the training overlap users (thousands of ratings). The
         floor's bias replaces it only if validation users say so beyond noise."""
-        self.readout = habits.fit_readout(habits.habits(ctx.src), ctx.data.tgt_train, overlap)
+        self.readout = habits.fit_readout(self.habit_x, ctx.data.tgt_train, overlap)
         held = ctx.data.heldout("valid")
-        if not len(held):
-            self._set_prior(ctx)
-            return
+        if len(held):
 
-        def errors(weights: list[float]) -> torch.Tensor:
-            prior = habits.apply_readout(habits.habits(ctx.src), weights)[held.user]
-            pred = np.clip(ctx.item_mean[held.item] + prior, 1.0, 5.0)
-            return torch.as_tensor(pred - held.rating, dtype=torch.float64)
+            def errors(weights: list[float]) -> torch.Tensor:
+                prior = habits.apply_readout(self.habit_x[held.user], weights)
+                pred = np.clip(ctx.item_mean[held.item] + prior, 1.0, 5.0)
+                return torch.as_tensor(pred - held.rating, dtype=torch.float64)
 
-        rows = torch.as_tensor(held.user)
-        floor = errors(habits.floor_weights())
-        if significant_gain(floor, errors(self.readout), rows, self.config.gate_se) < 0:
-            self.readout = habits.floor_weights()
-        self._set_prior(ctx)
+            floor, fitted = errors(habits.floor_weights()), errors(self.readout)
+            rows = torch.as_tensor(held.user)
+            if significant_gain(floor, fitted, rows, self.config.gate_se) < 0:
+                self.readout = habits.floor_weights()
+        self._set_prior()
 
     def _select(self, ctx: FitContext, snapshots: list[tuple[int, dict]]) -> None:
         """Checkpoint, guidance and blend weights on validation cold users only.
@@ -366,7 +366,7 @@ class Ours(StepsSwitch, Method):
         best_ranking = (-np.inf, None, None)
         net = self.net_rating
         blend = RatingBlend(self, ctx, valid) if ctx.data.explicit else None
-        best_rating = (blend.score(None), None, None) if blend else None
+        best_rating = (0.0, None, None) if blend else None  # the readout alone: no change
         for epoch, state in snapshots:
             net.load_state_dict(state)
             for w in cfg.guidance_grid:
