@@ -2,7 +2,7 @@
 
 Writes ``data/raw/<domain>/reviews.<ext>`` and ``meta.<ext>`` plus ``data/raw/manifest.json``
 (URL, size and sha256 of every file). HTTP downloads stream to disk, resume a partial file
-with a Range request and retry with backoff (:mod:`pipeline.fetch`); a file already listed in
+with a Range request and retry with backoff (:mod:`pipeline.io.fetch`); a file already listed in
 the manifest with the same URL, size and checksum is never fetched again. ``file://`` URLs
 and local paths (RecBole files, a local mirror) are copied the same way.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pipeline import cli, paths
 from pipeline.config import Params
-from pipeline.fetch import fetch
 from pipeline.io import read_json, sha256_file, write_json
+from pipeline.io.fetch import fetch
 from pipeline.sources import amazon, synthetic
 
 log = logging.getLogger("download")

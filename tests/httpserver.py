@@ -6,12 +6,16 @@ Faults apply to the first ``times`` requests for a path (every request when ``ti
 - ``status``: answer with this status and a short text body (500, 503, 404, ...);
 - ``drop_after``: send the headers with the full length, then only this many body bytes, then
   close the connection (a download cut off mid-file);
-- ``delay``: wait this many seconds before answering (a client read timeout);
+- ``hold``: answer only once :meth:`LocalHTTPServer.release` is called for the path, or the
+  server stops (a server that never answers: the client's timeout fires, however slow the
+  machine is);
 - ``ignore_range``: answer a Range request with 200 and the whole file.
 
 Per path, always: ``content_type`` (e.g. ``text/html`` for a page where an image was expected)
 and extra ``headers`` (e.g. ``{"Retry-After": "2"}``). Every request is recorded in
-:attr:`LocalHTTPServer.requests` so tests can assert on what the client asked for.
+:attr:`LocalHTTPServer.requests` so tests can assert on what the client asked for;
+:meth:`LocalHTTPServer.wait_for` waits (on a condition, not a clock) until a path has seen a
+number of requests, for requests the client gave up on before the server read them.
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     status: int | None = None
     drop_after: int | None = None
-    delay: float = 0.0
+    hold: bool = False
     ignore_range: bool = False
     times: int | None = None
     served: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 class LocalHTTPServer:
@@ -62,7 +67,8 @@ class LocalHTTPServer:
         self.routes: dict[str, Route] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._seen = threading.Condition(self._lock)
+        self._stopped = False
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
@@ -83,7 +89,7 @@ class LocalHTTPServer:
         headers: dict[str, str] | None = None,
         status: int | None = None,
         drop_after: int | None = None,
-        delay: float = 0.0,
+        hold: bool = False,
         ignore_range: bool = False,
         times: int | None = None,
     ) -> str:
@@ -95,7 +101,7 @@ class LocalHTTPServer:
             headers=dict(headers or {}),
             status=status,
             drop_after=drop_after,
-            delay=delay,
+            hold=hold,
             ignore_range=ignore_range,
             times=times,
         )
@@ -108,12 +114,32 @@ class LocalHTTPServer:
         with self._lock:
             return [r for r in self.requests if r.path == key]
 
+    def wait_for(self, path: str, n: int, timeout: float = 30.0) -> list[Request]:
+        """The requests for ``path`` once there are at least ``n`` (``timeout`` only guards
+        against a test that would otherwise hang; it is not a speed threshold)."""
+        key = "/" + path.lstrip("/")
+        with self._seen:
+            self._seen.wait_for(
+                lambda: sum(r.path == key for r in self.requests) >= n, timeout=timeout
+            )
+            return [r for r in self.requests if r.path == key]
+
+    def release(self, path: str) -> None:
+        """Let held requests for ``path`` (and later ones) be answered."""
+        with self._lock:
+            route = self.routes.get("/" + path.lstrip("/"))
+        if route is not None:
+            route.released.set()
+
     def start(self) -> LocalHTTPServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping on a ``delay``
+        self._stopped = True
+        with self._lock:  # wakes handlers holding their answer
+            for route in self.routes.values():
+                route.released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -129,6 +155,7 @@ class LocalHTTPServer:
         """Record the request; return its route and whether faults apply to it."""
         with self._lock:
             self.requests.append(Request(method, path, headers.get("Range"), headers))
+            self._seen.notify_all()
             route = self.routes.get(path)
             if route is None:
                 route = Route(data=None)
@@ -174,8 +201,10 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         path = self.path.split("?", 1)[0]
         route, faulty = owner._lookup(self.command, path, dict(self.headers.items()))
-        if faulty and route.delay and owner._stopping.wait(route.delay):
-            return
+        if faulty and route.hold:
+            route.released.wait()
+            if owner._stopped:
+                return
         if faulty and route.status is not None:
             self._send_status(route.status, route, body)
             return

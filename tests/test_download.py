@@ -9,8 +9,8 @@ import pytest
 
 from pipeline import download
 from pipeline.config import load_params
-from pipeline.fetch import FetchError
 from pipeline.io import read_json
+from pipeline.io.fetch import FetchError
 from tests.conftest import write_params
 from tests.records import meta2023, review2023
 

@@ -6,12 +6,11 @@ import hashlib
 import os
 
 import pytest
+import requests
 
-from pipeline import fetch as fetch_module
-from pipeline.fetch import FetchError, FetchResult, fetch
+from pipeline.io.fetch import FetchError, FetchResult, fetch
+from pipeline.io.http import HttpClient
 from tests.httpserver import LocalHTTPServer
-
-# The fixture, bound by assignment: a plain import would be flagged as shadowed by the arguments.
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -19,8 +18,10 @@ CUT = 123_457  # where a dropped connection stops the body
 
 
 def get(url: str, dest, **kwargs) -> FetchResult:
-    """``fetch`` with test defaults: no waiting between attempts, small chunks, no bar."""
-    kwargs = {"backoff": 0, "timeout": 2.0, "progress": False, "chunk_size": 16_384} | kwargs
+    """``fetch`` with test defaults: no waiting between attempts, small chunks, no bar, and a
+    timeout no healthy local answer comes near (timeouts are tested with a server that holds
+    its answer)."""
+    kwargs = {"backoff": 0, "timeout": 30.0, "progress": False, "chunk_size": 16_384} | kwargs
     return fetch(url, dest, **kwargs)
 
 
@@ -107,19 +108,20 @@ def test_server_error_then_success_is_retried(http_server: LocalHTTPServer, tmp_
 
 
 def test_retries_back_off_exponentially_and_honour_retry_after(
-    http_server: LocalHTTPServer, tmp_path, monkeypatch
+    http_server: LocalHTTPServer, tmp_path
 ):
-    waits: list[float] = []
-    monkeypatch.setattr(fetch_module.time, "sleep", waits.append)
+    waits: list[float] = []  # the injected clock: nothing sleeps
     url = http_server.add("/busy", DATA, status=503, times=5)
-    with pytest.raises(FetchError):
-        get(url, tmp_path / "busy", retries=4, backoff=10)
+    with pytest.raises(FetchError) as err:
+        get(url, tmp_path / "busy", retries=4, backoff=10, sleep=waits.append)
     assert waits == [10, 20, 40, 60]  # doubling, capped at 60 s
+    assert str(err.value) == f"HTTP 503 Service Unavailable for {url} (5 attempts)"
 
     waits.clear()
     url = http_server.add("/limited", DATA, status=429, headers={"Retry-After": "7"}, times=1)
-    get(url, tmp_path / "limited", backoff=10)
+    result = get(url, tmp_path / "limited", backoff=10, sleep=waits.append)
     assert waits == [7]
+    assert result.attempts == 2
 
 
 def test_persistent_server_error_fails_after_all_attempts(
@@ -127,7 +129,7 @@ def test_persistent_server_error_fails_after_all_attempts(
 ):
     url = http_server.add("/data.bin", DATA, status=500)
     dest = tmp_path / "data.bin"
-    with caplog.at_level("WARNING", logger="pipeline.fetch"), pytest.raises(FetchError) as err:
+    with caplog.at_level("WARNING", logger="pipeline.io.http"), pytest.raises(FetchError) as err:
         get(url, dest, retries=3)
     assert err.value.attempts == 4
     assert str(err.value) == f"HTTP 500 Internal Server Error for {url} (4 attempts)"
@@ -146,11 +148,37 @@ def test_not_found_fails_at_once(http_server: LocalHTTPServer, tmp_path):
     assert not dest.exists()
 
 
-def test_read_timeout_is_retried(http_server: LocalHTTPServer, tmp_path):
-    url = http_server.add("/slow.bin", DATA, delay=1.0, times=1)
-    result = get(url, tmp_path / "slow.bin", timeout=0.2)
+def test_read_timeout_is_retried(http_server: LocalHTTPServer, tmp_path, monkeypatch):
+    url = http_server.add("/slow.bin", DATA)
+    real_get = HttpClient.get
+    calls = []
+
+    def first_times_out(self, url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise requests.ReadTimeout("read timed out")
+        return real_get(self, url, **kwargs)
+
+    monkeypatch.setattr(HttpClient, "get", first_times_out)
+    result = get(url, tmp_path / "slow.bin")
     assert_complete(result, tmp_path / "slow.bin")
     assert result.attempts == 2
+    assert len(calls) == 2 and ranges(http_server, "/slow.bin") == [None]
+
+
+def test_a_server_that_never_answers_times_out_on_every_attempt(
+    http_server: LocalHTTPServer, tmp_path
+):
+    # The server holds its answer until the test ends: the client's timeout fires every time,
+    # however loaded the machine is.
+    url = http_server.add("/stuck.bin", DATA, hold=True)
+    dest = tmp_path / "stuck.bin"
+    with pytest.raises(FetchError) as err:
+        get(url, dest, timeout=0.05, retries=1)
+    assert str(err.value) == f"timed out after 0.05 s, 0 bytes on disk for {url} (2 attempts)"
+    assert err.value.attempts == 2
+    assert len(http_server.wait_for("/stuck.bin", 2)) == 2
+    assert not dest.exists()
 
 
 def test_wrong_checksum_fails_and_leaves_nothing(http_server: LocalHTTPServer, tmp_path):

@@ -5,7 +5,8 @@ timeout, a killed run) the part file stays, and the next attempt asks the server
 missing bytes with a ``Range`` request. Only a complete file, checked against
 ``expected_sha256`` when one is given, is renamed onto ``dest``, so a stage never reads a
 truncated download. A part file is assumed to belong to the same remote file; pass
-``expected_sha256`` to catch a file that changed on the server between runs.
+``expected_sha256`` to catch a file that changed on the server between runs. Requests,
+timeouts and retries go through the one client, :class:`pipeline.io.http.HttpClient`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,21 +24,24 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
-import urllib3
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.io.http import (
+    TRANSIENT,
+    Fail,
+    Failed,
+    HttpClient,
+    Retry,
+    describe,
+    retry_for,
+    status_reason,
+    transient_status,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_DELAY = 60.0
-# Transport failures worth another attempt; urllib3's errors surface from the raw body stream.
-_TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.HTTPError,
-)
+MAX_DELAY = 60.0  # longest wait between attempts, Retry-After included
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
@@ -62,19 +66,6 @@ class FetchError(PipelineError):
         super().__init__(f"{reason} for {url} ({attempts} attempt{plural})")
 
 
-class _Retry(Exception):
-    """A transient failure; ``delay`` is the server's Retry-After in seconds, if it sent one."""
-
-    def __init__(self, reason: str, delay: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
-
-
-class _Fatal(Exception):
-    """A failure that another attempt would not fix (404, a wrong checksum, a missing file)."""
-
-
 def fetch(
     url: str,
     dest: str | Path,
@@ -85,11 +76,13 @@ def fetch(
     expected_sha256: str | None = None,
     progress: bool = True,
     chunk_size: int = 1 << 20,
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` atomically, resuming from ``dest.part`` where possible.
 
     Transient failures are retried ``retries`` times, waiting ``backoff * 2**n`` seconds (at
-    most 60, or the server's Retry-After). Raises :class:`FetchError` when the download fails.
+    most 60, or the server's Retry-After) through ``sleep``. Raises :class:`FetchError` when
+    the download fails.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -97,20 +90,30 @@ def fetch(
     bar = {"desc": dest.name, "unit": "B", "unit_scale": True, "unit_divisor": 1024}
     # disable=None lets tqdm hide the bar when stderr is not a terminal (logs, CI).
     bar["disable"] = None if progress else True
-    is_http = urlsplit(url).scheme.lower() in ("http", "https")
     attempts, resumed = 1, False
     try:
-        if is_http:
-            digest, size, attempts, resumed = _fetch_http(
-                url, part, retries, backoff, timeout, chunk_size, bar
+        if urlsplit(url).scheme.lower() in ("http", "https"):
+            client = HttpClient(
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                max_backoff=MAX_DELAY,
+                sleep=sleep,
             )
+            with client:
+                (digest, size, resumed), attempts = client.run(
+                    url, lambda: _attempt(client, url, part, chunk_size, bar)
+                )
         else:
             digest, size = _copy_local(url, part, chunk_size, bar)
-        if expected_sha256 is not None and digest != expected_sha256.lower():
-            part.unlink(missing_ok=True)  # a complete but wrong file: resuming cannot fix it
-            raise _Fatal(f"sha256 mismatch (expected {expected_sha256.lower()}, got {digest})")
-    except _Fatal as exc:
-        raise FetchError(url, str(exc), attempts) from exc.__cause__
+    except Failed as exc:
+        raise FetchError(url, exc.reason, exc.attempts) from exc.__cause__
+    except Fail as exc:  # a local file that cannot be read
+        raise FetchError(url, exc.reason, attempts) from exc.__cause__
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        part.unlink(missing_ok=True)  # a complete but wrong file: resuming cannot fix it
+        reason = f"sha256 mismatch (expected {expected_sha256.lower()}, got {digest})"
+        raise FetchError(url, reason, attempts)
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, dest)
@@ -118,36 +121,8 @@ def fetch(
     return FetchResult(url, dest, size, digest, attempts, resumed)
 
 
-def _fetch_http(
-    url: str, part: Path, retries: int, backoff: float, timeout: float, chunk_size: int, bar: dict
-) -> tuple[str, int, int, bool]:
-    """Run the attempts; return ``(sha256, size, attempts, resumed)``."""
-    with requests.Session() as session:
-        for attempt in range(retries + 1):
-            try:
-                digest, size, resumed = _attempt(session, url, part, timeout, chunk_size, bar)
-                return digest, size, attempt + 1, resumed
-            except _Fatal as exc:
-                raise FetchError(url, str(exc), attempt + 1) from exc.__cause__
-            except _Retry as exc:
-                if attempt == retries:
-                    raise FetchError(url, exc.reason, attempt + 1) from exc.__cause__
-                wait = exc.delay if exc.delay is not None else backoff * 2**attempt
-                wait = min(wait, MAX_DELAY)
-                log.warning(
-                    "%s: attempt %d of %d failed (%s); retrying in %.1f s",
-                    url,
-                    attempt + 1,
-                    retries + 1,
-                    exc.reason,
-                    wait,
-                )
-                time.sleep(wait)
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
 def _attempt(
-    session: requests.Session, url: str, part: Path, timeout: float, chunk_size: int, bar: dict
+    client: HttpClient, url: str, part: Path, chunk_size: int, bar: dict
 ) -> tuple[str, int, bool]:
     """One request: append the rest of the body to ``part``; return ``(sha256, size, resumed)``."""
     have = part.stat().st_size if part.exists() else 0
@@ -156,22 +131,22 @@ def _attempt(
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-            status, reason = resp.status_code, f"HTTP {resp.status_code} {resp.reason}"
+        with client.get(url, headers=headers, stream=True) as resp:
+            status = resp.status_code
             start, total = _content_range(resp.headers.get("Content-Range"))
             if status == 416 and have:
                 if total == have:  # the part already holds the whole file (killed before rename)
                     return _hash_prefix(part, have).hexdigest(), have, True
                 resp.close()
                 part.unlink()  # the part does not fit the remote file: start over
-                return _attempt(session, url, part, timeout, chunk_size, bar)
-            if status >= 500 or status in (408, 429):
-                raise _Retry(reason, _retry_after(resp.headers.get("Retry-After")))
+                return _attempt(client, url, part, chunk_size, bar)
+            if transient_status(status):
+                raise retry_for(resp)
             if status not in (200, 206):
-                raise _Fatal(reason)
+                raise Fail(status_reason(resp))
             if status == 206 and start != have:
                 part.unlink()
-                raise _Retry(f"server resumed at byte {start}, not at {have}")
+                raise Retry(f"server resumed at byte {start}, not at {have}")
             resumed = status == 206 and have > 0
             offset = have if resumed else 0  # a 200 answer is the whole file: start over
             length = resp.headers.get("Content-Length")
@@ -187,13 +162,13 @@ def _attempt(
                     total=expected,
                 )
             if expected is not None and size < expected:
-                raise _Retry(f"body ended after {size} of {expected} bytes")
+                raise Retry(f"body ended after {size} of {expected} bytes")
             return hasher.hexdigest(), size, resumed
-    except _TRANSIENT as exc:
+    except TRANSIENT as exc:
         done = part.stat().st_size if part.exists() else 0
-        raise _Retry(f"{_describe(exc, timeout)}, {done} bytes on disk") from exc
+        raise Retry(f"{describe(exc, client.timeout)}, {done} bytes on disk") from exc
     except requests.RequestException as exc:  # a bad URL, too many redirects: not transient
-        raise _Fatal(f"{type(exc).__name__}: {exc}") from exc
+        raise Fail(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _copy_local(url: str, part: Path, chunk_size: int, bar: dict) -> tuple[str, int]:
@@ -204,11 +179,11 @@ def _copy_local(url: str, part: Path, chunk_size: int, bar: dict) -> tuple[str, 
     elif len(parts.scheme) <= 1:  # a plain path (one letter: a Windows drive)
         src = Path(url)
     else:
-        raise _Fatal(f"unsupported URL scheme '{parts.scheme}'")
+        raise Fail(f"unsupported URL scheme '{parts.scheme}'")
     try:
         fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
-        raise _Fatal(f"cannot read {src}: {exc.strerror}") from exc
+        raise Fail(f"cannot read {src}: {exc.strerror}") from exc
     hasher = hashlib.sha256()
     with fin, open(part, "wb") as fout:
         blocks = iter(lambda: fin.read(chunk_size), b"")
@@ -253,20 +228,3 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
         return None, None
     start, total = match.groups()
     return (int(start) if start else None), (int(total) if total.isdigit() else None)
-
-
-def _describe(exc: Exception, timeout: float) -> str:
-    """A short reason for a transport error (urllib3's messages repeat themselves at length)."""
-    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
-        return f"timed out after {timeout:g} s"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
-        return "connection dropped mid-body"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a numeric Retry-After header (the HTTP-date form falls back to backoff)."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
