@@ -122,7 +122,6 @@ class ImagesParams(Section):
     timeout_seconds: float = Field(10.0, gt=0)
     retries: int = Field(2, ge=0)
     max_bytes: int = Field(5_000_000, ge=1)  # bigger images are recorded as too_large
-    shard_rows: int = Field(2000, ge=1)  # images per Parquet shard
 
 
 class ClipParams(Section):

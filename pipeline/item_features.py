@@ -60,9 +60,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import cli, distributed, paths
-from pipeline import images as images_stage
 from pipeline.config import ItemFeaturesParams, Params
 from pipeline.errors import PipelineError
+from pipeline.features import image_store
 from pipeline.io import read_json, read_meta, read_parquet, stable_hash, write_json, write_parquet
 
 log = logging.getLogger("item_features")
@@ -292,7 +292,7 @@ def store_schema(dims: dict[str, int], fused_dim: int) -> pa.Schema:
 def first_images(store: Path, keys: pl.DataFrame) -> pl.DataFrame:
     """Per (domain, item_id) of ``keys``: the first ``ok`` picture's position and sha256."""
     try:
-        rows = images_stage.read_images(
+        rows = image_store.read_images(
             store, columns=["item_id", "domain", "position", "status", "sha256"]
         )
     except FileNotFoundError:
@@ -316,7 +316,7 @@ def iter_picture_chunks(
     shas: list[str] = []
     blobs: list[bytes] = []
     seen: set[str] = set()
-    for item_id, domain, position, data in images_stage.iter_ok_images(store):
+    for item_id, domain, position, data in image_store.iter_ok_images(store):
         sha = wanted.get((domain, item_id, position))
         if sha is None or sha in seen:
             continue
@@ -533,7 +533,7 @@ def encode_rank(
 def item_features(
     params: Params,
     items_path: Path = paths.ITEMS,
-    image_store: Path = images_stage.IMAGES,
+    image_store: Path = image_store.IMAGES,
     out_path: Path = ITEM_FEATURES,
     metrics_path: Path = METRICS,
 ) -> dict:

@@ -26,6 +26,7 @@ from pipeline.config import load_params
 from pipeline.encoders import ModelLoadError
 from pipeline.encoders.caption import load_captioner
 from pipeline.encoders.clip import load_clip
+from pipeline.features import image_store
 from pipeline.io import read_meta, write_parquet
 from pipeline.schemas import ITEMS
 from tests.conftest import ROOT, write_params
@@ -503,7 +504,7 @@ def test_a_picture_that_fails_is_flagged_and_not_retried(sample_with_images, mon
     from pipeline.encoders import clip as clip_module
 
     params = sample_with_images
-    pics = images_stage.read_images(columns=["item_id", "status", "sha256"])
+    pics = image_store.read_images(columns=["item_id", "status", "sha256"])
     victim = pics.filter(pl.col("status") == "ok").row(0, named=True)
     real_open = clip_module.open_image
 

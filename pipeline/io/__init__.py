@@ -59,19 +59,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
     try:
         yield tmp
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def replace_dir(new: str | Path, path: str | Path) -> None:
+    """Put directory ``new`` at ``path`` (same file system): the old directory is moved aside
+    to ``.<name>.old`` first and deleted only after the new one is in place.
+
+    :func:`atomic_dir` ends with this; a writer whose temporary directory must have a name
+    known in advance (several processes writing into it) calls it directly.
+    """
+    new, path = Path(new), Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def write_bytes(data: bytes, path: str | Path) -> None:

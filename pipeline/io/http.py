@@ -175,9 +175,10 @@ def status_reason(resp: requests.Response) -> str:
     return f"HTTP {resp.status_code} {resp.reason or ''}".strip()
 
 
-def retry_for(resp: requests.Response) -> Retry:
+def retry_for(resp: requests.Response, result: Any = None) -> Retry:
     """The :class:`Retry` of a transient status, with the server's Retry-After."""
-    return Retry(status_reason(resp), delay=retry_after(resp.headers.get("Retry-After")))
+    delay = retry_after(resp.headers.get("Retry-After"))
+    return Retry(status_reason(resp), delay=delay, result=result)
 
 
 def retry_after(value: str | None) -> float | None:
