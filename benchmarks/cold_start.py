@@ -39,12 +39,13 @@ from pipeline.cdr.data import build
 from pipeline.config import SplitParams, load_params
 from pipeline.errors import DamageLog, PipelineError
 from pipeline.io import write_json
+from pipeline.recs.metrics import METRIC_KEYS
 from pipeline.sources.recbole import read_inter
 from pipeline.split import assign_roles
 
 log = logging.getLogger("benchmark")
 
-RECORD_METRICS = harness.METRIC_KEYS
+RECORD_METRICS = METRIC_KEYS
 TABLE_METRICS = ("mae", "rmse", "ndcg@10", "hit@10")
 
 

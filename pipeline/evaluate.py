@@ -19,20 +19,13 @@ from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, harness, store
 from pipeline.config import Params
 from pipeline.io import write_json, write_text
+from pipeline.recs.metrics import METRIC_KEYS
 
 log = logging.getLogger("evaluate")
 
-PLOT_COLUMNS = (
-    "method",
-    "mae",
-    "rmse",
-    "ndcg@10",
-    "hit@10",
-    "recall@10",
-    "mrr@10",
-    "ndcg@20",
-    "hit@20",
-)
+# plots/methods.csv: every metric but recall@20 and mrr@20 (those are in cold_start.json)
+PLOT_COLUMNS = ("method", *METRIC_KEYS[:8])
+STEPS_COLUMNS = ("method", "steps", "rmse", "mae", "ndcg@10", "hit@10")
 
 
 def _round(row: dict) -> dict:
@@ -65,7 +58,7 @@ def evaluate(params: Params) -> dict:
     write_text(_csv(rows, PLOT_COLUMNS), paths.PLOTS / "methods.csv")
     steps_rows = harness.sampling_steps_curve(fitted, "valid")
     write_text(
-        _csv(steps_rows, ("method", "steps", "rmse", "mae", "ndcg@10", "hit@10")),
+        _csv(steps_rows, STEPS_COLUMNS),
         paths.PLOTS / "sampling_steps.csv",
     )
     log.info("test metrics on %d cold users:", len(data.cold_users("test")))

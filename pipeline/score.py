@@ -91,6 +91,7 @@ from pipeline.io import (
     write_parquet,
     write_text,
 )
+from pipeline.recs.topk import top_k
 
 log = logging.getLogger("score")
 
@@ -397,35 +398,7 @@ def _drop_users(plan_: Plan, keep: np.ndarray) -> None:
     plan_.known_rows = plan_.known_rows[keep]
 
 
-# --------------------------------------------------------------------------- top-K
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item index, score) of each row's ``k`` best, best first; equal scores by item index.
-
-    One ``topk`` of ``k + 1``: where the k-th and (k+1)-th values differ (almost every row
-    of real-valued scores) the selected set is exact, and is reordered by (-score, index);
-    the rare rows with a tie across the cut are redone exactly on their own.
-    """
-    n = scores.shape[1]
-    k = min(k, n)
-    vals, idx = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
-    tied = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    if vals.shape[1] > k:
-        tied = (vals[:, k - 1] == vals[:, k]) & torch.isfinite(vals[:, k - 1])
-    vals, idx = vals[:, :k], idx[:, :k]
-    order = torch.argsort(idx, dim=1)
-    idx, vals = idx.gather(1, order), vals.gather(1, order)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)
-    idx, vals = idx.gather(1, order), vals.gather(1, order)
-    for r in torch.nonzero(tied).flatten().tolist():
-        row, cut = scores[r], vals[r, k - 1]
-        above = torch.nonzero(row > cut).flatten()
-        at = torch.nonzero(row == cut).flatten()[: k - len(above)]
-        cand = torch.cat([above, at]).sort().values
-        order = torch.argsort(row[cand], descending=True, stable=True)
-        idx[r], vals[r] = cand[order], row[cand][order]
-    return idx, vals
-
-
+# --------------------------------------------------------------------------- ranking
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

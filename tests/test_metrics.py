@@ -1,4 +1,4 @@
-"""Golden values for every metric on tiny hand-computed cases."""
+"""Golden values for every metric and for the one top-K on tiny hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.cdr import metrics
+from pipeline.recs import metrics
+from pipeline.recs.topk import exclude_, top_k
 
 
 def test_mae_rmse():
@@ -17,8 +19,38 @@ def test_mae_rmse():
 
 
 def test_top_k_breaks_ties_by_item_index():
-    scores = np.array([[0.5, 0.9, 0.9, 0.1, 0.9]])
-    assert metrics.top_k(scores, 4).tolist() == [[1, 2, 4, 0]]
+    scores = torch.tensor([[0.5, 0.9, 0.9, 0.1, 0.9]])
+    idx, vals = top_k(scores, 4)
+    assert idx.tolist() == [[1, 2, 4, 0]]
+    assert vals[0].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.5])
+
+
+def test_top_k_orders_ties_by_item_index_and_skips_excluded():
+    inf = float("-inf")
+    scores = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 2.0, 3.0, 0.0],  # tie inside the top 2 and across the cut
+            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # every item tied
+            [inf, 2.0, inf, inf, inf, inf],  # one item left
+        ]
+    )
+    idx, vals = top_k(scores, 2)
+    assert idx.tolist() == [[1, 2], [0, 1], [1, 0]]  # excluded items come last, by index
+    assert vals[2].tolist() == [2.0, inf]
+    idx, _ = top_k(scores, 4)
+    assert idx[0].tolist() == [1, 2, 4, 3]
+    idx, _ = top_k(scores, 10)  # K beyond the catalogue
+    assert idx.shape == (3, 6) and idx[1].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_nan_scores_rank_last_and_exclusions_follow_the_csr():
+    scores = torch.tensor([[float("nan"), 1.0, 2.0], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    assert top_k(scores, 3)[0].tolist() == [[2, 1, 0], [0, 1, 2], [0, 1, 2]]
+    # CSR slice of a larger CSR (indptr need not start at 0): row 0 drops item 0, row 2 item 1.
+    items = np.array([9, 9, 0, 1])
+    exclude_(scores, np.array([2, 3, 3, 4]), items)
+    assert top_k(scores, 3)[0].tolist() == [[2, 1, 0], [0, 1, 2], [0, 2, 1]]
+    assert scores[1].tolist() == [3.0, 2.0, 1.0] and scores[0, 0] == float("-inf")
 
 
 def test_ranking_metrics_hand_computed():

@@ -22,19 +22,6 @@ from pipeline.cdr.methods import METHODS, FitContext, Method
 
 log = logging.getLogger("train")
 
-METRIC_KEYS = (
-    "mae",
-    "rmse",
-    "ndcg@10",
-    "hit@10",
-    "recall@10",
-    "mrr@10",
-    "ndcg@20",
-    "hit@20",
-    "recall@20",
-    "mrr@20",
-)
-
 
 @dataclass
 class Fitted:

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pipeline.cdr import metrics
 from pipeline.cdr.base import BaseModels, SourceView
 from pipeline.cdr.data import CDRData
+from pipeline.recs import metrics
+from pipeline.recs.topk import top_k
 
 
 @dataclass
@@ -72,7 +73,7 @@ class FitContext:
             held.user, held.item, held.rating, users, self.data.explicit
         )
         with torch.no_grad():
-            ranked = metrics.top_k(factors.scores().double().numpy(), max(ks))
+            ranked = top_k(factors.scores(), max(ks))[0].numpy()
         return metrics.ranking_metrics(ranked, positives, ks)
 
 

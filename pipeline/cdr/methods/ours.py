@@ -55,7 +55,6 @@ from models.denoisers import (
     LinearDenoiser,
 )
 from models.diffusion import VectorDiffusion
-from pipeline.cdr import metrics
 from pipeline.cdr.configs import OursConfig
 from pipeline.cdr.methods import habits
 from pipeline.cdr.methods.base import (
@@ -68,6 +67,7 @@ from pipeline.cdr.methods.base import (
 from pipeline.cdr.methods.blend import RatingBlend
 from pipeline.cdr.training import minibatches, seed_everything
 from pipeline.errors import PipelineError
+from pipeline.recs import metrics
 
 log = logging.getLogger("train")
 

@@ -4,7 +4,8 @@ Ranking is *full* ranking: every target item is a candidate (cold users have no 
 history, so nothing is excluded). Positives are the items a test user rated >= 4 (every
 interaction for implicit data). Ranking metrics average over test users with at least one
 positive, and every such user counts: a user a method could not score contributes zeros.
-Ties in scores are broken by item index (sorted item id), so rankings are deterministic.
+Rankings come from :func:`pipeline.recs.topk.top_k` (ties by item index), the same function
+that writes the ``score`` stage's lists.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import numpy as np
 POSITIVE_RATING = 4.0
 KS = (10, 20)
 RANKING_KEYS = ("ndcg", "hit", "recall", "mrr")
+RATING_KEYS = ("mae", "rmse")
+# Every metric of a method, in report order: mae, rmse, ndcg@10, hit@10, ..., mrr@20.
+METRIC_KEYS = RATING_KEYS + tuple(f"{m}@{k}" for k in KS for m in RANKING_KEYS)
 
 
 def rating_errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -22,14 +26,6 @@ def rating_errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         raise ValueError(f"need equal, non-empty shapes, got {pred.shape} and {true.shape}")
     err = pred - true
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """(n_users, k) item indices, best first; equal scores keep ascending item index."""
-    scores = np.asarray(scores, dtype=np.float64)
-    k = min(k, scores.shape[1])
-    # A stable sort of the negated scores keeps tied items in index order.
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def ranking_metrics(
