@@ -7,7 +7,7 @@ Builds the embedded sample in a scratch directory (``--n-items`` items per domai
 with its drawn pictures fetched into an images store by the ``images`` stage from ``file://``
 URLs), then times, in the same process and on the same batches:
 
-- **text** (MiniLM from its offline package): ``item_features.encode_rank`` with an empty cache
+- **text** (MiniLM from its offline package): ``features.items.encode_rank`` with an empty cache
   (item text built and cleaned, hashed, deduplicated, sorted into batches, tokenised, forward,
   mean pooling, normalisation, Arrow table) against the forward + pooling alone on the same
   batches, tokenised beforehand;
@@ -40,11 +40,13 @@ import torch
 
 from pipeline import download, prepare
 from pipeline import images as images_stage
-from pipeline import item_features as stage
 from pipeline.config import load_params
-from pipeline.encoders import inference
-from pipeline.encoders.clip import ClipEncoder
-from pipeline.encoders.text import load_text_encoder, mean_pool
+from pipeline.features.encoders import inference
+from pipeline.features.encoders.clip import ClipEncoder
+from pipeline.features.encoders.text import load_text_encoder, mean_pool
+from pipeline.features.item_store import Cache
+from pipeline.features.item_text import item_text, text_hash
+from pipeline.features.items import Encoders, encode_rank, first_images, iter_picture_chunks
 from pipeline.io import read_parquet
 
 log = logging.getLogger("benchmark")
@@ -88,15 +90,15 @@ def best_of(repeats: int, stage_fn, bare_fn) -> tuple[float, float, object]:
 
 def bench_text(params, items, text_enc, repeats: int) -> dict:
     """encode_rank (text only, empty cache) against forward + pooling on the same batches."""
-    encoders = stage.Encoders(text_enc)
+    encoders = Encoders(text_enc)
     p = params.item_features
 
     def through_stage():
-        return stage.encode_rank(params, items, encoders, stage.Cache(), Path("unused"), False)
+        return encode_rank(p, items, encoders, Cache(), Path("unused"), False)
 
     # The same inputs, the same batches (encode() sorts by length), tokenised beforehand.
     texts = [
-        stage.item_text(r["title"], r["description"], r["categories"], p.max_text_chars)
+        item_text(r["title"], r["description"], r["categories"], p.max_text_chars)
         for r in items.iter_rows(named=True)
     ]
     unique = list(dict.fromkeys(t for t in texts if t))
@@ -120,20 +122,18 @@ def bench_text(params, items, text_enc, repeats: int) -> dict:
 def bench_image(params, items, text_enc, clip: ClipEncoder, store: Path, repeats: int) -> dict:
     """encode_rank (image path; text already cached) against encode_image on the same batches."""
     p = params.item_features
-    encoders = stage.Encoders(text_enc, clip)
+    encoders = Encoders(text_enc, clip)
     texts = [
-        stage.item_text(r["title"], r["description"], r["categories"], p.max_text_chars)
+        item_text(r["title"], r["description"], r["categories"], p.max_text_chars)
         for r in items.iter_rows(named=True)
     ]
-    cached = stage.Cache(
-        text={stage.text_hash(t): np.zeros(text_enc.dim, np.float32) for t in texts}
-    )
+    cached = Cache(text={text_hash(t): np.zeros(text_enc.dim, np.float32) for t in texts})
 
     def through_stage():
-        return stage.encode_rank(params, items, encoders, cached, store, False)
+        return encode_rank(p, items, encoders, cached, store, False)
 
     # The same pictures in the same order and batches, decoded and preprocessed beforehand.
-    pics = stage.first_images(store, items.select("domain", "item_id"))
+    pics = first_images(store, items.select("domain", "item_id"))
     wanted = {
         (d, i, pos): sha
         for d, i, pos, sha in pics.select(
@@ -141,7 +141,7 @@ def bench_image(params, items, text_enc, clip: ClipEncoder, store: Path, repeats
         ).iter_rows()
         if sha is not None
     }
-    blobs = [b for _, chunk in stage.iter_picture_chunks(store, wanted, 1 << 30) for b in chunk]
+    blobs = [b for _, chunk in iter_picture_chunks(store, wanted, 1 << 30) for b in chunk]
     batches = [
         clip.prepare_images(blobs[s : s + p.clip.batch_size])[0]
         for s in range(0, len(blobs), p.clip.batch_size)
@@ -164,7 +164,7 @@ def bench_image(params, items, text_enc, clip: ClipEncoder, store: Path, repeats
 def random_clip(arch: str, device: str) -> ClipEncoder:
     import open_clip
 
-    from pipeline.encoders.clip import _quiet_open_clip
+    from pipeline.features.encoders.clip import _quiet_open_clip
 
     with _quiet_open_clip():  # open_clip warns that the weights are random: they are meant to be
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)

@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from pipeline import user_profiles as up
-from pipeline.encoders.llm import TransformersWriter
+from pipeline.features.encoders.llm import TransformersWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 

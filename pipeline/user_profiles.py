@@ -139,7 +139,7 @@ def history_lines(rows: pl.DataFrame, max_items: int) -> tuple[list[str], int, l
 # --------------------------------------------------------------------------- output checks
 def check_profile(text: str, template: Template, history: list[str]) -> tuple[str, str | None]:
     """(cleaned text, rejection reason or None)."""
-    from pipeline.encoders.llm import RUNAWAY_MARK
+    from pipeline.features.encoders.llm import RUNAWAY_MARK
 
     unfinished = text.endswith(RUNAWAY_MARK)
     text = " ".join(text.removesuffix(RUNAWAY_MARK).split())
@@ -174,7 +174,7 @@ def fallback_profile(liked: list[str], source: str) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def make_writer(p: UserProfilesParams, device: str):
-    from pipeline.encoders import llm
+    from pipeline.features.encoders import llm
 
     if p.backend == "openai":
         import os
@@ -356,7 +356,7 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
     for rec in records:
         rec.setdefault("model", model_key)
 
-    from pipeline.item_features import load_item_text_encoder
+    from pipeline.features.encoders.text import load_item_text_encoder
 
     encoder = load_item_text_encoder(params.item_features, rank.device)
     vectors = (

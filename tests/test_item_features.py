@@ -23,10 +23,13 @@ from pipeline import download, prepare
 from pipeline import images as images_stage
 from pipeline import item_features as stage
 from pipeline.config import load_params
-from pipeline.encoders import ModelLoadError
-from pipeline.encoders.caption import load_captioner
-from pipeline.encoders.clip import load_clip
+from pipeline.errors import PipelineError
 from pipeline.features import image_store
+from pipeline.features.encoders import ModelLoadError
+from pipeline.features.encoders.caption import load_captioner
+from pipeline.features.encoders.clip import load_clip
+from pipeline.features.item_store import fuse
+from pipeline.features.item_text import item_text
 from pipeline.io import read_meta, write_parquet
 from pipeline.schemas import ITEMS
 from tests.conftest import ROOT, write_params
@@ -152,26 +155,24 @@ def tiny_vlm(tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- text and fusion
 def test_item_text_is_cleaned_ordered_and_cut():
-    text = stage.item_text(
+    text = item_text(
         "  The <b>Hobbit</b> &amp; more ",
         "A long<br/>tale\x00 of  dragons.",
         ["Books", "Fantasy"],
         1000,
     )
     assert text == "The Hobbit & more. Books, Fantasy. A long tale of dragons"
-    assert stage.item_text(None, None, None, 1000) == ""
-    assert stage.item_text("", "  ", [], 1000) == ""
-    assert stage.item_text(None, None, ["Movies"], 1000) == "Movies"
-    huge = stage.item_text("word " * 5000, "never reached", [], 100)
+    assert item_text(None, None, None, 1000) == ""
+    assert item_text("", "  ", [], 1000) == ""
+    assert item_text(None, None, ["Movies"], 1000) == "Movies"
+    huge = item_text("word " * 5000, "never reached", [], 100)
     assert len(huge) <= 100 and huge.startswith("word word") and "never" not in huge
 
 
 def test_fused_vector_is_unit_norm_with_zeros_for_missing_parts():
     text = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32)
     image = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
-    fused = stage.fuse(
-        [(text, np.array([True, True, False])), (image, np.array([True, False, False]))]
-    )
+    fused = fuse([(text, np.array([True, True, False])), (image, np.array([True, False, False]))])
     assert fused.shape == (3, 5)
     np.testing.assert_allclose(fused[0], [2**-0.5, 0, 0, 0, 2**-0.5], rtol=1e-6)
     np.testing.assert_allclose(fused[1], [0, 1, 0, 0, 0])  # text only: full weight on text
@@ -436,12 +437,6 @@ def test_default_params_run_text_only_and_say_so(tiny_project, tmp_path, caplog)
     assert stats["image_encoder"] == "none" and stats["missing_image"] is None
     assert "image encoder off" in caplog.text
 
-    books = frame.filter(pl.col("domain") == "books")
-    ids = [books["item_id"][2], "NOT-AN-ITEM", books["item_id"][0]]
-    matrix, found = stage.vectors(out, ids, "books", "text_emb")
-    assert found.tolist() == [True, False, True] and not matrix[1].any()
-    np.testing.assert_array_equal(matrix[0], books["text_emb"][2].to_numpy())
-
 
 def test_clip_text_tower_as_text_encoder(tiny_project, tiny_clip, tmp_path):
     params = load_params(
@@ -474,7 +469,7 @@ def test_missing_image_store_is_a_clear_error(tiny_project, tiny_clip, tmp_path)
             "item_features.clip": {"model": TINY_CLIP, "pretrained": str(tiny_clip["checkpoint"])},
         },
     )
-    with pytest.raises(stage.PipelineError, match="run the images stage"):
+    with pytest.raises(PipelineError, match="run the images stage"):
         stage.item_features(
             params,
             items_path=tiny_project / ITEMS_PATH,
@@ -501,7 +496,7 @@ def test_unreadable_previous_store_is_rebuilt(tiny_project, tmp_path, caplog):
 
 
 def test_a_picture_that_fails_is_flagged_and_not_retried(sample_with_images, monkeypatch):
-    from pipeline.encoders import clip as clip_module
+    from pipeline.features.encoders import clip as clip_module
 
     params = sample_with_images
     pics = image_store.read_images(columns=["item_id", "status", "sha256"])

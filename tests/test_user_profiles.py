@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import user_profiles as up
 from pipeline.config import load_params
-from pipeline.encoders.llm import RUNAWAY_MARK
+from pipeline.features.encoders.llm import RUNAWAY_MARK
 from tests.conftest import write_params
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "prompts" / "user_profile_v1.txt"
@@ -55,7 +55,7 @@ def tiny_lm(tmp_path_factory) -> Path:
     """A 2-layer random Llama with SmolLM2's tokenizer and chat template, saved to disk."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.encoders.llm import SMOLLM2_FILE, smollm2_folder
+    from pipeline.features.encoders.llm import SMOLLM2_FILE, smollm2_folder
 
     out = tmp_path_factory.mktemp("tiny_lm")
     tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
@@ -152,7 +152,7 @@ def test_disabled_stage_writes_an_empty_store(project):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(project, monkeypatch):
-    from pipeline.encoders.llm import TransformersWriter
+    from pipeline.features.encoders.llm import TransformersWriter
 
     params = load_params("params.yaml")
     real = TransformersWriter.generate

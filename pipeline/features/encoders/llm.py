@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from pipeline.errors import PipelineError
+from pipeline.io.http import Failed, HttpClient, retry_for, transient_status
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,10 @@ class OpenAIWriter:
         self.url = endpoint.rstrip("/") + "/chat/completions"
         self.model_id = f"{model} @ {endpoint}"
         self.model = model
-        self.session = requests.Session()
-        if api_key:
-            self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout, self.retries = timeout, retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = HttpClient(
+            timeout=timeout, retries=retries, backoff=0.5, max_backoff=30.0, headers=headers
+        )
 
     def _one(self, messages: Messages, max_new_tokens: int) -> str:
         body = {
@@ -127,22 +128,24 @@ class OpenAIWriter:
             "temperature": 0,
             "max_tokens": max_new_tokens,
         }
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                resp = self.session.post(self.url, json=body, timeout=self.timeout)
-                if resp.status_code < 500 and resp.status_code != 429:
-                    resp.raise_for_status()
-                    choice = resp.json()["choices"][0]
-                    text = choice["message"]["content"] or ""
-                    return text if choice.get("finish_reason") != "length" else text + RUNAWAY_MARK
-                last = f"HTTP {resp.status_code}"
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = type(exc).__name__
-            except (requests.HTTPError, KeyError, IndexError, ValueError) as exc:
-                raise PipelineError(f"{self.url}: unusable answer ({exc})") from None
-            time.sleep(min(30.0, 0.5 * 2**attempt))
-        raise PipelineError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
+
+        def attempt() -> str:
+            resp = self.client.post(self.url, json=body)
+            if transient_status(resp.status_code):
+                raise retry_for(resp)
+            resp.raise_for_status()
+            choice = resp.json()["choices"][0]
+            text = choice["message"]["content"] or ""
+            return text if choice.get("finish_reason") != "length" else text + RUNAWAY_MARK
+
+        try:
+            return self.client.run(self.url, attempt)[0]
+        except Failed as exc:
+            raise PipelineError(
+                f"{self.url}: no answer after {exc.attempts} attempts ({exc.reason})"
+            ) from None
+        except (requests.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise PipelineError(f"{self.url}: unusable answer ({exc})") from None
 
     def generate(
         self, conversations: list[Messages], max_new_tokens: int, retry: bool = False

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.encoders import ModelLoadError, fingerprint, inference, open_image
-from pipeline.encoders.text import TextEncoder
+from pipeline.features.encoders import ModelLoadError, fingerprint, inference, open_image
+from pipeline.features.encoders.base import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ClipEncoder:
 
     # ------------------------------------------------------------------ texts
     def text_encoder(self) -> ClipTextEncoder:
-        """The text tower as a :class:`~pipeline.encoders.text.TextEncoder` (same model)."""
+        """The text tower as a :class:`~pipeline.features.encoders.base.TextEncoder` (same model)."""
         return ClipTextEncoder(self)
 
     def encode_texts(

@@ -14,49 +14,20 @@ is reused only while all three are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.encoders import ModelLoadError, fingerprint, inference, open_image
-from pipeline.errors import PipelineError
+from pipeline.features.encoders import ModelLoadError, fingerprint, inference, open_image
+from pipeline.features.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
 MAX_CAPTION_CHARS = 500  # a runaway generation is cut here
 _SPACE = re.compile(r"\s+")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt file: ``id`` is its name (``item_caption_v1``), ``version`` adds a content hash."""
-
-    path: Path
-    text: str
-
-    @property
-    def id(self) -> str:
-        return self.path.stem
-
-    @property
-    def version(self) -> str:
-        return f"{self.path.stem}@{hashlib.sha256(self.text.encode()).hexdigest()[:8]}"
-
-    @classmethod
-    def load(cls, path: str | Path) -> Prompt:
-        path = Path(path)
-        if not path.is_file():
-            raise PipelineError(f"item_features.caption.prompt: {path} not found")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        text = "\n".join(line for line in lines if not line.startswith("#")).strip()
-        if not text:
-            raise PipelineError(f"{path}: the caption prompt is empty")
-        return cls(path, text)
 
 
 class Captioner:
@@ -196,7 +167,7 @@ def load_captioner(
     import torch
     from transformers import AutoProcessor
 
-    prompt_obj = Prompt.load(prompt)
+    prompt_obj = Prompt.load(prompt, param="item_features.caption.prompt")
     path = Path(model).expanduser()
     local = path.is_dir()
     if not local and model.startswith(("/", "./", "../", "~")):

@@ -1,9 +1,12 @@
-"""Encoders that turn item text and images into vectors, usable without the pipeline stages.
+"""Encoders that turn item text, images and user histories into vectors or text.
 
-- :mod:`pipeline.encoders.text`: sentence embeddings (MiniLM from its offline package, any
-  Hugging Face encoder, or the CLIP text tower) through :func:`~pipeline.encoders.text.load_text_encoder`.
-- :mod:`pipeline.encoders.clip`: open_clip image and text towers, :func:`~pipeline.encoders.clip.load_clip`.
-- :mod:`pipeline.encoders.caption`: a vision-language model that writes one sentence per image.
+- :mod:`.base`: the text encoder contract (``encode`` texts -> L2-normalised vectors);
+- :mod:`.text`: sentence embeddings (MiniLM from its offline package, any Hugging Face
+  encoder, or the CLIP text tower) through :func:`~.text.load_text_encoder`;
+- :mod:`.clip`: open_clip image and text towers, :func:`~.clip.load_clip`;
+- :mod:`.caption`: a vision-language model that writes one sentence per image;
+- :mod:`.llm`: instruction LLMs (transformers, or an OpenAI-compatible endpoint) that write
+  user profiles.
 
 Every encoder has a ``name`` (what it is), a ``source`` (where its weights came from) and an
 ``id`` that changes whenever its outputs could change (other weights, other prompt): the feature

