@@ -70,7 +70,7 @@ def read_domain(path: Path, domain: str) -> tuple[pl.DataFrame, dict]:
 
 def item_text_vectors(path: Path, encoder_spec: str) -> tuple[list[str], np.ndarray]:
     """(item ids, text vectors) of a RecBole .item file: title + categories, embedded."""
-    from pipeline.encoders.text import load_text_encoder
+    from pipeline.features.encoders.text import load_text_encoder
     from pipeline.sources.recbole import read_item
 
     damage = DamageLog(str(path), max_bad_fraction=0.01)
