@@ -20,13 +20,14 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline import user_profiles as up
 from pipeline.features.encoders.llm import TransformersWriter
+from pipeline.features.profiles import history_lines, load_prompt, render
+from pipeline.features.prompts import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prompts(n: int, template: up.Template, max_items: int) -> list[list[dict]]:
+def prompts(n: int, template: Prompt, max_items: int) -> list[list[dict]]:
     """``n`` rendered profile prompts from embedded-sample users with a Books history."""
     from pipeline import download, prepare
     from pipeline.config import load_params
@@ -49,8 +50,8 @@ def prompts(n: int, template: up.Template, max_items: int) -> list[list[dict]]:
     rows = inter.join(items, on="item_id").partition_by("user_id", as_dict=True)
     out = []
     for key in sorted(rows)[:n]:
-        lines, _, _ = up.history_lines(rows[key], max_items)
-        out.append([{"role": "user", "content": template.render(lines, "books", "movies")}])
+        lines, _, _ = history_lines(rows[key], max_items)
+        out.append([{"role": "user", "content": render(template, lines, "books", "movies")}])
     return out
 
 
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    template = up.Template.load(ROOT / "prompts/user_profile_v1.txt")
+    template = load_prompt(ROOT / "prompts/user_profile_v1.txt")
     conversations = prompts(args.n, template, args.max_items)
     writer = TransformersWriter(args.model)
     writer.generate(conversations[:2], 4)  # warm-up

@@ -1,5 +1,8 @@
 """A local HTTP server for offline tests, with Range support and per-path fault injection.
 
+GET and HEAD are served; a POST is answered like a GET and its body recorded (an API
+endpoint's canned answer).
+
 Files are served from an in-memory dict (:meth:`LocalHTTPServer.add`) or from a directory.
 Faults apply to the first ``times`` requests for a path (every request when ``times`` is None):
 
@@ -41,6 +44,7 @@ class Request:
     path: str
     range: str | None
     headers: dict[str, str]
+    body: bytes = b""
 
 
 @dataclass
@@ -151,10 +155,12 @@ class LocalHTTPServer:
         self.stop()
 
     # -- used by the handler ---------------------------------------------------------------
-    def _lookup(self, method: str, path: str, headers: dict[str, str]) -> tuple[Route, bool]:
+    def _lookup(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[Route, bool]:
         """Record the request; return its route and whether faults apply to it."""
         with self._lock:
-            self.requests.append(Request(method, path, headers.get("Range"), headers))
+            self.requests.append(Request(method, path, headers.get("Range"), headers, body))
             self._seen.notify_all()
             route = self.routes.get(path)
             if route is None:
@@ -194,13 +200,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._respond(body=False)
 
+    def do_POST(self) -> None:  # answered like a GET; the request body is recorded
+        self._respond(
+            body=True, request_body=self.rfile.read(int(self.headers["Content-Length"] or 0))
+        )
+
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output quiet; requests are recorded instead
 
-    def _respond(self, body: bool) -> None:
+    def _respond(self, body: bool, request_body: bytes = b"") -> None:
         owner = self.server.owner
         path = self.path.split("?", 1)[0]
-        route, faulty = owner._lookup(self.command, path, dict(self.headers.items()))
+        headers = dict(self.headers.items())
+        route, faulty = owner._lookup(self.command, path, headers, request_body)
         if faulty and route.hold:
             route.released.wait()
             if owner._stopped:
