@@ -77,15 +77,6 @@ class RotatingParquetWriter:
             self._writer.abort()
             self._writer = None
 
-    def __enter__(self) -> RotatingParquetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.parts):05d}.parquet"
         self._writer = ParquetPartWriter(self.directory / name, self.schema, self.meta)
