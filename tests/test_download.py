@@ -46,7 +46,7 @@ def params_for(workdir, base_url):
             "base_url": base_url,
             "backoff_seconds": 0.0,
             "retries": 2,
-            "timeout_seconds": 2.0,
+            "timeout_seconds": 30.0,  # a local mirror: no healthy answer comes near it
         },
     )
     return load_params(workdir / "params.yaml")

@@ -44,7 +44,7 @@ TINY_CLIP_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 SAMPLE = {"n_users": 30, "n_items": 20, "min_per_user": 3, "max_per_user": 6}
-IMAGE_PARAMS = {"enabled": True, "workers": 4, "timeout_seconds": 2.0, "retries": 0}
+IMAGE_PARAMS = {"enabled": True, "workers": 4, "timeout_seconds": 30.0, "retries": 0}
 ITEMS_PATH = Path("data/prepared/items.parquet")
 STORE = Path("data/features/items.parquet")
 PROMPT = ROOT / "prompts" / "item_caption_v1.txt"
@@ -166,7 +166,7 @@ def test_item_text_is_cleaned_ordered_and_cut():
     assert item_text("", "  ", [], 1000) == ""
     assert item_text(None, None, ["Movies"], 1000) == "Movies"
     huge = item_text("word " * 5000, "never reached", [], 100)
-    assert len(huge) <= 100 and huge.startswith("word word") and "never" not in huge
+    assert huge == " ".join(["word"] * 20)  # 99 characters: cut at the last space before 100
 
 
 def test_fused_vector_is_unit_norm_with_zeros_for_missing_parts():
