@@ -8,7 +8,8 @@ its own) and times only the scoring loop, not start-up or data synthesis:
 
 - ``roofline``: torch matrix product + ``topk`` per chunk of users on precomputed user
   vectors, results discarded: no generation, no exclusions, no tie handling, no I/O.
-- ``end_to_end``: what :func:`pipeline.score.score` does per chunk, with its own functions:
+- ``end_to_end``: what :func:`pipeline.score.score` does per chunk, with its own functions
+  (:func:`pipeline.recs.rank.rank_chunks`, :func:`pipeline.recs.lists.write_lists`):
   generation of the users' target vectors (an EMCDR-sized MLP on their source vectors),
   product, exclusion of ``--seen`` already-had items per user, exact top-K with ties by item
   id, and the Parquet part files of the output schema (zstd), written to a temporary
@@ -87,7 +88,7 @@ def child(args) -> dict:
             index.search(users[lo : lo + args.chunk], args.k)
         out["seconds"] = time.perf_counter() - start
     else:
-        from pipeline import score
+        from pipeline.recs import lists, rank
 
         rng = np.random.default_rng(0)
         user_ids = np.array([f"U{i:09d}" for i in range(args.users)])
@@ -95,7 +96,7 @@ def child(args) -> dict:
         seen = np.sort(rng.integers(0, args.items, (args.users, args.seen)), axis=1)
         indptr = np.arange(0, args.users * args.seen + 1, args.seen, dtype=np.int64)
         exclude = (indptr, seen.reshape(-1).astype(np.int64))
-        timers = {"generate": 0.0, "write_wait": 0.0}
+        timers = {"generate": 0.0, "rank": 0.0}
 
         def user_vectors(lo: int, hi: int):
             t = time.perf_counter()
@@ -103,31 +104,37 @@ def child(args) -> dict:
             timers["generate"] += time.perf_counter() - t
             return vec
 
+        def timed(chunks):  # time spent producing chunks; the rest is waiting on the writer
+            it = iter(chunks)
+            while True:
+                t = time.perf_counter()
+                chunk = next(it, None)
+                timers["rank"] += time.perf_counter() - t
+                if chunk is None:
+                    return
+                yield chunk
+
         base = _current_rss_mb()
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             start = time.perf_counter()
-            parts = score.PartsWriter(Path(tmp), item_ids, "bench", "0" * 16, 5_000_000)
-            writer = score.BackgroundWriter(parts)
-            for chunk in score.rank_chunks(
+            chunks = rank.rank_chunks(
                 user_vectors,
                 args.users,
                 item,
                 args.k,
                 args.chunk,
-                score.resolve_device("cpu"),
+                rank.resolve_device("cpu"),
                 exclude=exclude if args.seen else None,
                 progress=False,
-            ):
-                t = time.perf_counter()
-                writer.write(user_ids[chunk.lo : chunk.lo + len(chunk.idx)], chunk.idx, chunk.vals)
-                timers["write_wait"] += time.perf_counter() - t
-            t = time.perf_counter()
-            writer.close()
-            timers["write_wait"] += time.perf_counter() - t
+            )
+            written = lists.write_lists(
+                Path(tmp), user_ids, timed(chunks), item_ids, "bench", "0" * 16, meta={}
+            )
             out["seconds"] = time.perf_counter() - start
-            out["rows"] = parts.rows
+            out["rows"] = written.rows
             out["parquet_mb"] = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
-        out.update({f"{k}_seconds": v for k, v in timers.items()})
+        out["generate_seconds"] = timers["generate"]
+        out["write_wait_seconds"] = out["seconds"] - timers["rank"]
     out["users_per_s"] = args.users / out["seconds"]
     out["rss_before_loop_mb"] = base
     out["peak_rss_mb"] = _rss_mb()

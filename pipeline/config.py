@@ -175,7 +175,6 @@ class ScoreParams(Section):
     device: str = "auto"  # auto | cpu | cuda
     steps: int | None = Field(None, ge=1)  # sampling steps of a diffusion generator; null = its own
     date: str | None = None  # partition date YYYY-MM-DD; null = today (UTC)
-    rows_per_part: int = Field(5_000_000, ge=1)  # rows per part-*.parquet file
 
     @model_validator(mode="after")
     def _check(self) -> ScoreParams:
@@ -184,13 +183,20 @@ class ScoreParams(Section):
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError("device: expected auto, cpu or cuda[:N]")
         if self.date is not None:
-            try:
-                ok = datetime.date.fromisoformat(self.date).isoformat() == self.date
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError("date: expected YYYY-MM-DD")
+            check_date(self.date)
         return self
+
+
+def check_date(text: str, name: str = "date") -> str:
+    """``text`` when it is a calendar date written YYYY-MM-DD, else a ValueError naming ``name``
+    (score.date in params.yaml and the score command's ``--date``)."""
+    try:
+        ok = datetime.date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} {text!r}: expected YYYY-MM-DD")
+    return text
 
 
 class Params(Section):

@@ -19,6 +19,8 @@ from pipeline import score as score_mod
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import foldin, store
 from pipeline.config import load_params
+from pipeline.errors import PipelineError
+from pipeline.recs import lists, partition, trained
 from pipeline.recs.topk import top_k
 from tests.conftest import ROOT, write_params
 
@@ -292,34 +294,23 @@ def test_unusable_users_land_in_rejects_with_a_reason(project, monkeypatch, tmp_
 
 
 def test_auto_needs_validation_metrics_and_names_a_trained_method(project, tmp_path):
-    trained = ["emcdr", "popularity"]
-    with pytest.raises(score_mod.PipelineError, match="evaluate"):
-        score_mod.choose_method("auto", trained, tmp_path / "missing.json")
-    with pytest.raises(score_mod.PipelineError, match="not trained"):
-        score_mod.choose_method("diffcdr", trained, tmp_path / "missing.json")
+    methods = ["emcdr", "popularity"]
+    with pytest.raises(PipelineError, match="evaluate"):
+        trained.choose_method("auto", methods, tmp_path / "missing.json")
+    with pytest.raises(PipelineError, match="not trained"):
+        trained.choose_method("diffcdr", methods, tmp_path / "missing.json")
     (tmp_path / "v.json").write_text(
         json.dumps({"emcdr": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.3}, "x": {"ndcg@10": 1}})
     )
-    assert score_mod.choose_method("auto", trained, tmp_path / "v.json")[0] == "emcdr"
+    assert trained.choose_method("auto", methods, tmp_path / "v.json")[0] == "emcdr"
 
 
-# --------------------------------------------------------------------------- top-K
-def test_top_k_orders_ties_by_item_index_and_skips_excluded():
-    inf = float("-inf")
-    scores = torch.tensor(
-        [
-            [1.0, 3.0, 3.0, 2.0, 3.0, 0.0],  # tie inside the top 2 and across the cut
-            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # every item tied
-            [inf, 2.0, inf, inf, inf, inf],  # one item left
-        ]
-    )
-    idx, vals = score_mod.top_k(scores, 2)
-    assert idx[:2].tolist() == [[1, 2], [0, 1]]
-    assert idx[2, 0] == 1 and vals[2, 1] == inf  # excluded items come last (and are not written)
-    idx, _ = score_mod.top_k(scores, 4)
-    assert idx[0].tolist() == [1, 2, 4, 3]
-    idx, _ = score_mod.top_k(scores, 10)  # K beyond the catalogue
-    assert idx.shape == (3, 6) and idx[1].tolist() == [0, 1, 2, 3, 4, 5]
+def test_a_date_that_is_not_a_calendar_day_fails_before_any_work(project, monkeypatch):
+    with pytest.raises(PipelineError, match=r"--date '2024-02-30': expected YYYY-MM-DD"):
+        run(project, monkeypatch, out="bad-date", date="2024-02-30")
+    assert not (project / "bad-date").exists()
+    with pytest.raises(PipelineError, match=r"date '2024-3-1': expected YYYY-MM-DD"):
+        load_params(project / "params.yaml", {"score.date": "2024-3-1"})
 
 
 # --------------------------------------------------------------------------- crashes
@@ -332,7 +323,7 @@ def test_failed_run_leaves_the_previous_partition(project, monkeypatch):
     part = project / "crash" / f"dt={DATE}"
     before = _snapshot(part)
     calls = []
-    real = score_mod.PartsWriter.write
+    real = lists.ListWriter.write
 
     def failing(self, *a, **kw):
         calls.append(1)
@@ -340,7 +331,7 @@ def test_failed_run_leaves_the_previous_partition(project, monkeypatch):
             raise OSError("disk full")
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(score_mod.PartsWriter, "write", failing)
+    monkeypatch.setattr(lists.ListWriter, "write", failing)
     with pytest.raises(OSError, match="disk full"):
         run(project, monkeypatch, out="crash", method="popularity", chunk_size=8)
     assert _snapshot(part) == before
@@ -354,12 +345,13 @@ import torch
 torch.set_num_threads(1)
 from pipeline import score
 from pipeline.config import load_params
-real = score.PartsWriter.write
+from pipeline.recs import lists
+real = lists.ListWriter.write
 def write(self, *a, **kw):
     n = real(self, *a, **kw)
-    self._writer._writer.close()  # the first row group is on disk...
+    self._parts._writer._writer.close()  # the first row group is on disk...
     os.kill(os.getpid(), signal.SIGKILL)  # ...when the process dies
-score.PartsWriter.write = write
+lists.ListWriter.write = write
 p = load_params("params.yaml", {"score.method": "popularity", "score.chunk_size": 8})
 score.score(p, out=Path(sys.argv[1]), date=sys.argv[2], progress=False)
 """
@@ -398,6 +390,6 @@ def test_partition_moved_aside_by_a_killed_swap_is_restored(tmp_path):
     old.mkdir()
     (old / "_SUCCESS").write_text("")
     (tmp_path / f".dt={DATE}.abc.tmp").mkdir()
-    score_mod._recover(tmp_path, f"dt={DATE}")
+    partition.recover(tmp_path, DATE)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"dt={DATE}"]
     assert (tmp_path / f"dt={DATE}" / "_SUCCESS").exists()

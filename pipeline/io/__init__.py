@@ -10,20 +10,22 @@ file's key-value metadata under :data:`META_KEY`; :func:`read_meta` is the match
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 META_KEY = b"coldstart_cdr"
+_TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -34,7 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
@@ -54,11 +56,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     The old directory is moved aside first and deleted only after the new one is in place, so
     a crash leaves either the old or the new directory readable (plus a ``.old`` leftover that
-    the next run removes).
+    the next run removes); :func:`recover_dir` undoes what a killed block left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs get the usual mode
     try:
         yield tmp
         replace_dir(tmp, path)
@@ -75,7 +78,7 @@ def replace_dir(new: str | Path, path: str | Path) -> None:
     known in advance (several processes writing into it) calls it directly.
     """
     new, path = Path(new), Path(path)
-    old = path.with_name(f".{path.name}.old")
+    old = _aside(path)
     if old.exists():
         shutil.rmtree(old)
     if path.exists():
@@ -83,6 +86,44 @@ def replace_dir(new: str | Path, path: str | Path) -> None:
     os.replace(new, path)
     if old.exists():
         shutil.rmtree(old)
+
+
+class Recovered(NamedTuple):
+    restored: bool  # the previous directory was put back
+    removed: list[Path]  # temporary builds deleted
+
+
+def recover_dir(path: str | Path, complete: Callable[[Path], bool]) -> Recovered:
+    """Undo what a killed :func:`atomic_dir` block (or :func:`replace_dir`) left beside ``path``.
+
+    A kill between the swap's two renames leaves no ``path`` and the previous directory moved
+    aside: it is put back when ``complete(aside)`` says it is whole. A directory moved aside
+    after the new one is in place, and temporary builds or files, are deleted. Only while no
+    other writer of ``path`` runs (hold a lock: :mod:`pipeline.io.lock`).
+    """
+    path = Path(path)
+    old = _aside(path)
+    restored = False
+    if not path.exists() and old.is_dir() and complete(old):
+        os.replace(old, path)
+        restored = True
+    elif path.exists() and old.is_dir():
+        shutil.rmtree(old)
+    removed = sorted(path.parent.glob(glob.escape(_temp_prefix(path)) + "*" + _TEMP_SUFFIX))
+    for leftover in removed:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return Recovered(restored, removed)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."  # hidden, beside the target: same file system, one rename
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
 
 
 def write_bytes(data: bytes, path: str | Path) -> None:

@@ -41,11 +41,12 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     in full, stably, a block of rows at a time.
     """
     scores = torch.as_tensor(scores)
-    if torch.isnan(scores).any():
-        scores = scores.masked_fill(torch.isnan(scores), float("-inf"))
     n = scores.shape[1]
     k = min(k, n)
     vals, idx = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
+    if torch.isnan(vals).any():  # topk takes NaN as the largest: a row with one shows it here
+        scores = scores.masked_fill(torch.isnan(scores), float("-inf"))
+        vals, idx = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
     tied = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     if vals.shape[1] > k:
         tied = vals[:, k - 1] == vals[:, k]

@@ -1,0 +1,207 @@
+"""Whom to score: the users file, the fresh interactions, and every requested user sorted into
+known (scored with the vectors they were trained with), to fold in, or rejected with a reason.
+
+Users the models know keep their trained vectors (their newer source rows count at the next
+training). Users new since training, with source interactions on items the source model
+knows, are folded in (:mod:`pipeline.recs.fold`). Everyone else lands in the rejects with one
+of :data:`REASONS`; nobody is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.cdr import foldin
+from pipeline.cdr.data import CDRData
+from pipeline.cdr.methods import FitContext
+from pipeline.errors import PipelineError
+
+REASONS = {
+    "missing_user_id": "empty user id in the users file",
+    "unknown_user": "in neither the training data nor the interactions given",
+    "no_source_history": "no source-domain interactions",
+    "no_known_source_items": "source interactions only with items the models do not know",
+    "fold_in_failed": "new user, and the method could not be rebuilt with new users",
+    "fold_in_unsupported": "new user, and the method declares it cannot fold users in",
+    "non_finite_scores": "the method produced a non-finite vector for the user",
+}
+
+
+def _read_table(path: Path, columns: Sequence[str], what: str) -> pl.LazyFrame:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{what} {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        frame = pl.scan_csv(path, infer_schema=False)  # ids stay strings ("007" is not 7)
+    elif path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        frame = pl.scan_parquet(path)
+    else:
+        raise PipelineError(f"{what} {path}: expected a .parquet or .csv file")
+    missing = [c for c in columns if c not in frame.collect_schema().names()]
+    if missing:
+        raise PipelineError(f"{what} {path}: missing column(s) {missing}")
+    return frame
+
+
+def read_users(path: Path) -> list[str | None]:
+    """The ``user_id`` column of a Parquet or CSV file, as strings (nulls kept)."""
+    frame = _read_table(path, ["user_id"], "users file")
+    return frame.select(pl.col("user_id").cast(pl.String)).collect()["user_id"].to_list()
+
+
+def read_interactions(
+    path: Path, users: Sequence[str | None], domains: Sequence[str]
+) -> pl.DataFrame:
+    """(user_id, item_id, domain, rating) rows of ``users`` in ``domains`` from a Parquet/CSV."""
+    users = sorted({u for u in users if u})
+    frame = _read_table(path, ["user_id", "item_id", "domain"], "interactions")
+    if "rating" not in frame.collect_schema().names():
+        frame = frame.with_columns(rating=pl.lit(None, pl.Float32))
+    return (
+        frame.select(
+            pl.col("user_id").cast(pl.String),
+            pl.col("item_id").cast(pl.String),
+            pl.col("domain").cast(pl.String),
+            pl.col("rating").cast(pl.Float32),
+        )
+        .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
+        .collect()
+    )
+
+
+@dataclass
+class Plan:
+    """Who is scored (sorted ids, their row in the context) and what is excluded for them."""
+
+    user_ids: np.ndarray  # (n,) str, sorted
+    known_rows: np.ndarray  # (n,) row in the training context, -1 for users to fold in
+    exclude_indptr: np.ndarray  # CSR over the n users: target items they already have
+    exclude_items: np.ndarray
+    fold_ids: np.ndarray  # ids to fold in (sorted)
+    fold_history: foldin.History  # their usable source interactions
+    rejects: list[tuple[str | None, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def reject_fold_ins(self, reason: str) -> None:
+        """Move the users to fold in to the rejects with ``reason``; the known users stay."""
+        self.rejects += [(str(u), reason) for u in self.fold_ids]
+        keep = self.known_rows >= 0
+        counts = np.diff(self.exclude_indptr)
+        owner = np.repeat(np.arange(len(counts)), counts)
+        self.exclude_items = self.exclude_items[keep[owner]]
+        self.exclude_indptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+        self.user_ids = self.user_ids[keep]
+        self.known_rows = self.known_rows[keep]
+
+
+def _index(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each id in ``sorted_ids``, -1 when absent."""
+    if not len(sorted_ids):
+        return np.full(len(ids), -1, dtype=np.int64)
+    pos = np.searchsorted(sorted_ids, ids)
+    pos = np.minimum(pos, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def plan(
+    data: CDRData,
+    ctx: FitContext,
+    requested: Sequence[str | None],
+    fresh: pl.DataFrame | None,
+) -> Plan:
+    """Sort the requested users into known (scored as trained), to fold in, and rejected."""
+    rejects: list[tuple[str | None, str]] = []
+    counts = Counter(users_in=len(requested))
+    present = [u for u in requested if u is not None and u != ""]
+    rejects += [(u, "missing_user_id") for u in requested if u is None or u == ""]
+    ids = np.array(sorted(set(present)), dtype=str)
+    counts["duplicates"] = len(present) - len(ids)
+    counts["unique_users"] = len(ids)
+
+    known = _index(data.user_ids, ids)
+    trained_source = np.zeros(len(ids), dtype=bool)
+    trained_source[known >= 0] = ctx.src.has_source[known[known >= 0]]
+
+    n_src_rows = np.zeros(len(ids), dtype=np.int64)  # fresh source rows, any item
+    in_fresh = np.zeros(len(ids), dtype=bool)
+    src_rows = tgt_rows = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if fresh is not None and fresh.height:
+        row = _index(ids, fresh["user_id"].to_numpy().astype(str))
+        in_fresh[row[row >= 0]] = True
+        domain = fresh["domain"].to_numpy()
+        items = fresh["item_id"].to_numpy().astype(str)
+        rating = fresh["rating"].to_numpy()
+        is_src = (domain == data.source) & (row >= 0)
+        n_src_rows = np.bincount(row[is_src], minlength=len(ids))
+        src_item = _index(data.src_item_ids, items)
+        usable = is_src & (src_item >= 0)
+        if data.explicit:
+            counts["source_rows_without_rating"] = int((usable & np.isnan(rating)).sum())
+            usable &= ~np.isnan(rating)
+        counts["source_rows_unknown_item"] = int((is_src & (src_item < 0)).sum())
+        r = np.where(np.isnan(rating), 1.0, rating) if not data.explicit else rating
+        src_rows = (row[usable], src_item[usable], r[usable].astype(np.float32))
+        is_tgt = (domain == data.target) & (row >= 0)
+        tgt_item = _index(data.tgt_item_ids, items)
+        counts["target_rows_unknown_item"] = int((is_tgt & (tgt_item < 0)).sum())
+        keep = is_tgt & (tgt_item >= 0)
+        tgt_rows = (row[keep], tgt_item[keep], np.ones(int(keep.sum()), np.float32))
+
+    usable_src = np.bincount(src_rows[0], minlength=len(ids))
+    fold = ~trained_source & (usable_src > 0)
+    scored = trained_source | fold
+    for i in np.flatnonzero(~scored):
+        if n_src_rows[i] > 0:
+            reason = "no_known_source_items"
+        elif known[i] >= 0 or in_fresh[i]:
+            reason = "no_source_history"
+        else:
+            reason = "unknown_user"
+        rejects.append((str(ids[i]), reason))
+
+    # Target items already had: visible training rows of known users, plus the fresh rows.
+    tr = data.tgt_train
+    pos_of_user = np.full(data.n_users, -1, dtype=np.int64)
+    pos_of_user[known[known >= 0]] = np.flatnonzero(known >= 0)
+    mask = pos_of_user[tr.user] >= 0
+    ex_row = np.concatenate([pos_of_user[tr.user[mask]], tgt_rows[0]])
+    ex_item = np.concatenate([tr.item[mask], tgt_rows[1]])
+    # Re-index to the scored users only, unique (user, item) pairs in (user, item) order.
+    scored_pos = np.full(len(ids), -1, dtype=np.int64)
+    scored_pos[scored] = np.arange(int(scored.sum()))
+    keep = scored_pos[ex_row] >= 0
+    pairs = np.unique(np.stack([scored_pos[ex_row[keep]], ex_item[keep]], 1), axis=0)
+    pairs = pairs.reshape(-1, 2)
+    n_scored = int(scored.sum())
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_scored))])
+
+    fold_pos = np.full(len(ids), -1, dtype=np.int64)
+    fold_pos[fold] = np.arange(int(fold.sum()))
+    sel = fold_pos[src_rows[0]] >= 0
+    history = foldin.History.from_rows(
+        fold_pos[src_rows[0][sel]], src_rows[1][sel], src_rows[2][sel], int(fold.sum())
+    )
+    counts["known"] = int(trained_source.sum())
+    counts["to_fold_in"] = int(fold.sum())
+    return Plan(
+        user_ids=ids[scored],
+        known_rows=np.where(trained_source, known, -1)[scored],
+        exclude_indptr=indptr.astype(np.int64),
+        exclude_items=pairs[:, 1].astype(np.int64),
+        fold_ids=ids[fold],
+        fold_history=history,
+        rejects=rejects,
+        counts=dict(counts),
+    )
+
+
+def stage_users(data: CDRData) -> list[str]:
+    """The split's cold users: validation and test."""
+    rows = np.concatenate([data.cold_users("valid"), data.cold_users("test")])
+    return sorted(data.user_ids[rows].tolist())
