@@ -96,16 +96,7 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
                 backoff=dl.backoff_seconds,
                 timeout=dl.timeout_seconds,
             )
-            entries.append(
-                {
-                    "domain": raw.domain,
-                    "kind": raw.kind,
-                    "url": raw.url,
-                    "path": str(raw.path),
-                    "size": result.size,
-                    "sha256": result.sha256,
-                }
-            )
+            entries.append(_entry(raw, result.size, result.sha256))
     manifest = {"dataset": params.dataset.name, "format": params.dataset.format, "files": entries}
     write_json(manifest, manifest_path)
     log.info("wrote %s (%d files)", manifest_path, len(entries))
@@ -128,14 +119,15 @@ def _finished(raw: RawFile, prev: dict | None) -> bool:
     )
 
 
-def _entry(raw: RawFile) -> dict:
+def _entry(raw: RawFile, size: int | None = None, sha256: str | None = None) -> dict:
+    """The manifest entry of ``raw``; size and checksum read from disk unless known."""
     return {
         "domain": raw.domain,
         "kind": raw.kind,
         "url": raw.url,
         "path": str(raw.path),
-        "size": raw.path.stat().st_size,
-        "sha256": sha256_file(raw.path),
+        "size": raw.path.stat().st_size if size is None else size,
+        "sha256": sha256_file(raw.path) if sha256 is None else sha256,
     }
 
 
