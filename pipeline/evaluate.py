@@ -15,10 +15,10 @@ import logging
 from collections.abc import Sequence
 
 from pipeline import cli, paths
-from pipeline.cdr import data as cdr_data
-from pipeline.cdr import features, harness, store
+from pipeline.cdr import harness
 from pipeline.config import Params
 from pipeline.io import write_json, write_text
+from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
 log = logging.getLogger("evaluate")
@@ -44,12 +44,7 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 
 
 def evaluate(params: Params) -> dict:
-    pair = params.pair
-    data = cdr_data.load(paths.INTERACTIONS, paths.ROLES, pair.source, pair.target)
-    extra = features.condition_extra(
-        data, params.train, pair.source, paths.USER_PROFILES, paths.ITEM_FEATURES
-    )
-    fitted = store.load(paths.MODELS, data, params.train, extra)
+    data, fitted = trained.load(params)
     test = harness.evaluate(fitted, "test")
     valid = harness.evaluate(fitted, "valid")
     write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)

@@ -17,11 +17,10 @@ import torch
 
 from pipeline import score as score_mod
 from pipeline.cdr import data as cdr_data
-from pipeline.cdr import foldin, store
+from pipeline.cdr import foldin, harness, store
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.recs import lists, partition, trained
-from pipeline.recs.topk import top_k
+from pipeline.recs import lists, metrics, partition, trained
 from tests.conftest import ROOT, write_params
 
 METHODS = ["global_mean", "popularity", "item_mean_user_bias", "emcdr", "ptupcdr", "diffcdr"]
@@ -129,19 +128,30 @@ def test_stage_writes_schema_ordering_manifest_and_marker(project, monkeypatch):
     assert pl.read_parquet(part_dir / "rejects.parquet").height == 0
 
 
-@pytest.mark.parametrize("method", ["global_mean", "popularity", "emcdr"])
-def test_stage_lists_are_the_rankings_evaluate_measures(project, monkeypatch, method):
-    """Same top-K as the harness (ties by item index: global_mean ties every item)."""
-    run(project, monkeypatch, out=f"eval-{method}", method=method, k=20, chunk_size=16)
-    df = read_part(project, f"eval-{method}")
+@pytest.mark.parametrize("method", ["global_mean", "popularity", "emcdr", "diffcdr"])
+def test_stage_lists_are_the_rankings_evaluate_measured(project, monkeypatch, method):
+    """Item for item, on every stage user (valid and test cold), score's lists are the rankings
+    evaluate's metrics were computed on (global_mean ties every item: ties by item index)."""
+    run(project, monkeypatch, out=f"eval-{method}", method=method, k=max(metrics.KS), chunk_size=16)
+    df = read_part(project, f"eval-{method}").sort("user_id", "rank")
     data, fitted = load_fitted(project)
-    users = data.cold_users("test")
-    with torch.no_grad():
-        scores = fitted.methods[method].ranking_factors(fitted.ctx, users).scores()
-    expected = data.tgt_item_ids[top_k(scores, 20)[0].numpy()]
-    got = df.filter(pl.col("user_id").is_in(data.user_ids[users].tolist()))
-    got = np.stack(got.sort("user_id", "rank")["item_id"].to_numpy().reshape(len(users), 20))
-    assert (got == expected).mean() >= (1.0 if method != "emcdr" else 0.98)
+    measured = []
+    real = metrics.ranking_metrics
+
+    def record(ranked, positives, ks=metrics.KS, scored=None):
+        measured.append(ranked)
+        return real(ranked, positives, ks, scored)
+
+    monkeypatch.setattr(metrics, "ranking_metrics", record)
+    only = harness.Fitted(fitted.ctx, {method: fitted.methods[method]})
+    for which in ("valid", "test"):
+        harness.evaluate(only, which)
+        users = data.user_ids[data.cold_users(which)]
+        got = df.filter(pl.col("user_id").is_in(users.tolist()))
+        assert got["user_id"].unique(maintain_order=True).to_list() == users.tolist()
+        expected = data.tgt_item_ids[measured[-1]]
+        assert got["item_id"].to_numpy().reshape(expected.shape).tolist() == expected.tolist()
+    assert len(measured) == 2
 
 
 def test_seen_target_items_are_excluded(project, monkeypatch, tmp_path):
