@@ -81,21 +81,15 @@ def score(
     todo = plan.plan(data, fitted.ctx, requested, fresh)
     scorer = fold_in(fitted, name, todo, params.train.base)
     device = rank.resolve_device(sp.device)
-    with (
-        partition.building(out, date) as tmp,
-        scorer.sampling_steps(sp.steps),
-        torch.no_grad(),
-    ):
-        n = len(todo.user_ids)
-        exclude = (todo.exclude_indptr, todo.exclude_items)
+    n, exclude = len(todo.user_ids), (todo.exclude_indptr, todo.exclude_items)
+    with partition.building(out, date) as tmp, scorer.sampling_steps(sp.steps), torch.no_grad():
         item = scorer.item_vectors()
         chunks = rank.rank_chunks(
             scorer.user_vectors, n, item, sp.k, sp.chunk_size, device, exclude, progress
         )
         meta = {"method": name, "model_version": version, "date": date, "k": sp.k}
-        written = lists.write_lists(
-            tmp, todo.user_ids, chunks, data.tgt_item_ids, name, version, meta
-        )
+        ids = data.tgt_item_ids
+        written = lists.write_lists(tmp, todo.user_ids, chunks, ids, name, version, meta)
         rejects = todo.rejects + [(u, "non_finite_scores") for u in written.non_finite]
         by_reason = partition.write_rejects(tmp, rejects)
         # The part size shapes the files too: hashed with the settings, as when it was a param.
@@ -135,11 +129,8 @@ def score(
 def main(argv: Sequence[str] | None = None) -> dict:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--users", type=Path, help="Parquet/CSV, user_id (default: the cold users)")
-    p.add_argument(
-        "--interactions",
-        type=Path,
-        help="fresh interactions, Parquet/CSV (default: the training data, held-out rows hidden)",
-    )
+    fresh = "fresh interactions, Parquet/CSV (default: the training data, held-out rows hidden)"
+    p.add_argument("--interactions", type=Path, help=fresh)
     p.add_argument("--out", type=Path, help=f"output directory (default: {SCORES})")
     p.add_argument("--date", help="partition date YYYY-MM-DD (default: score.date, else today UTC)")
     p.add_argument("--models", type=Path, default=paths.MODELS, help="trained model directory")
