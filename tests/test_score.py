@@ -20,6 +20,7 @@ from pipeline.cdr import data as cdr_data
 from pipeline.cdr import foldin, harness, store
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
+from pipeline.io.lock import locked
 from pipeline.recs import lists, metrics, partition, trained
 from tests.conftest import ROOT, write_params
 
@@ -313,6 +314,35 @@ def test_auto_needs_validation_metrics_and_names_a_trained_method(project, tmp_p
         json.dumps({"emcdr": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.3}, "x": {"ndcg@10": 1}})
     )
     assert trained.choose_method("auto", methods, tmp_path / "v.json")[0] == "emcdr"
+
+
+def test_parts_rotate_between_chunks_and_an_empty_partition_still_reads(
+    project, monkeypatch, tmp_path
+):
+    whole = run(project, monkeypatch, out="one-part", method="popularity", k=5, chunk_size=4)
+    monkeypatch.setattr(lists, "ROWS_PER_PART", 50)
+    manifest = run(project, monkeypatch, out="parts", method="popularity", k=5, chunk_size=4)
+    # 4 users x 5 items a chunk: a part closes at the first chunk boundary at or past 50 rows
+    n_parts = -(-whole["counts"]["rows"] // 60)
+    assert manifest["parts"] == [f"part-{i:05d}.parquet" for i in range(n_parts)] and n_parts > 1
+    part_dir = project / "parts" / f"dt={DATE}"
+    heights = [pl.read_parquet(part_dir / name).height for name in manifest["parts"]]
+    assert heights[:-1] == [60] * (n_parts - 1)
+    assert read_part(project, "parts").equals(read_part(project, "one-part"))
+    (tmp_path / "nobody.csv").write_text("user_id\nNOBODY\n")
+    empty = run(project, monkeypatch, out="empty", users_path=tmp_path / "nobody.csv")
+    assert empty["parts"] == ["part-00000.parquet"] and empty["counts"]["rows"] == 0
+    df = read_part(project, "empty")
+    assert df.height == 0 and df.columns == lists.SCHEMA.names
+
+
+def test_a_second_run_on_the_same_output_fails_at_once(project, monkeypatch):
+    busy = pytest.raises(PipelineError, match="another scoring run holds it; wait for it")
+    with locked(project / "busy", "a test"), busy:
+        run(project, monkeypatch, out="busy", method="popularity")
+    assert list((project / "busy").iterdir()) == []
+    run(project, monkeypatch, out="busy", method="popularity")  # free again once released
+    assert (project / "busy" / f"dt={DATE}" / "_SUCCESS").exists()
 
 
 def test_a_date_that_is_not_a_calendar_day_fails_before_any_work(project, monkeypatch):
