@@ -36,7 +36,8 @@ import pyarrow as pa
 from pipeline.cdr import features, harness
 from pipeline.cdr.configs import TrainParams
 from pipeline.cdr.data import build
-from pipeline.config import SplitParams, load_params
+from pipeline.config import load_params
+from pipeline.config.split import SplitParams
 from pipeline.errors import DamageLog, PipelineError
 from pipeline.io import write_json
 from pipeline.recs.metrics import METRIC_KEYS

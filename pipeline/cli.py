@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import yaml
+
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 
@@ -26,16 +28,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def params_from(args: argparse.Namespace) -> Params:
-    import yaml
-
+def params_from(args: argparse.Namespace, stage: str, reads: Sequence[str]) -> Params:
+    """The params ``stage`` reads (its ``PARAMS``), from ``--params`` with the ``-S`` overrides;
+    a read outside ``reads`` raises :class:`~pipeline.errors.UndeclaredParamError`."""
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
-    return load_params(args.params, overrides)
+    return load_params(args.params, overrides, reads, stage)
 
 
 def setup_logging() -> None:

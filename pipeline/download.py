@@ -21,6 +21,7 @@ from pipeline.io.fetch import fetch
 from pipeline.sources import amazon, synthetic
 
 log = logging.getLogger("download")
+PARAMS = ("dataset", "download", "synthetic")  # read here; dvc.yaml lists the same
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _entry(raw: RawFile, size: int | None = None, sha256: str | None = None) -> 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return download(cli.params_from(args))
+    return download(cli.params_from(args, "download", PARAMS))
 
 
 if __name__ == "__main__":

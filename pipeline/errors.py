@@ -23,6 +23,12 @@ class ParamsError(PipelineError):
     """A bad key or value in params.yaml."""
 
 
+class UndeclaredParamError(Exception):
+    """A stage read a param its ``PARAMS`` do not declare: a bug in the stage (dvc.yaml would
+    not re-run it when that param changes), so it is not a :class:`PipelineError` and keeps
+    its traceback."""
+
+
 class InputError(PipelineError):
     """Bad input data, located as precisely as we can: file, line/row, field."""
 

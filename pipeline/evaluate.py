@@ -22,6 +22,7 @@ from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
 log = logging.getLogger("evaluate")
+PARAMS = ("pair", "train")  # read here; dvc.yaml lists the same
 
 # plots/methods.csv: every metric but recall@20 and mrr@20 (those are in cold_start.json)
 PLOT_COLUMNS = ("method", *METRIC_KEYS[:8])
@@ -65,7 +66,7 @@ def evaluate(params: Params) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return evaluate(cli.params_from(args))
+    return evaluate(cli.params_from(args, "evaluate", PARAMS))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import cli, distributed, paths
-from pipeline.config import ImagesParams, Params
+from pipeline.config import Params
+from pipeline.config.images import ImagesParams
 from pipeline.features.image_fetch import fetch_rank, work_list
 from pipeline.features.image_store import IMAGES, MANIFEST, manifest
 from pipeline.io import atomic_dir, read_json, replace_dir, write_json
 
 log = logging.getLogger("images")
+PARAMS = ("images",)  # read here; dvc.yaml lists the same
 
 
 def images(params: Params, items_path: Path = paths.ITEMS, out_dir: Path = IMAGES) -> dict:
@@ -111,7 +113,7 @@ def _log_summary(manifest: dict, out_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return images(cli.params_from(args))
+    return images(cli.params_from(args, "images", PARAMS))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pipeline.features.items import Encoders, encode_rank, load_encoders, run_st
 from pipeline.io import read_parquet, write_json
 
 log = logging.getLogger("item_features")
+PARAMS = ("images.enabled", "item_features")  # read here; dvc.yaml lists the same
 
 ITEM_FEATURES = paths.ITEM_FEATURES
 METRICS = paths.METRICS / "item_features.json"
@@ -123,7 +124,7 @@ def _log_summary(stats: dict, out_path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return item_features(cli.params_from(args))
+    return item_features(cli.params_from(args, "item_features", PARAMS))
 
 
 if __name__ == "__main__":

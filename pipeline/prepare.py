@@ -42,6 +42,7 @@ from pipeline.schemas import INTERACTIONS, ITEMS, RAW_INTERACTION, RAW_ITEM, USE
 from pipeline.sources import read_interactions, read_items
 
 log = logging.getLogger("prepare")
+PARAMS = ("dataset", "prepare")  # read here; dvc.yaml lists the same
 
 PARSER_VERSION = 1  # bump when a parser changes what it extracts: invalidates the parse cache
 STREAMING = {"engine": "streaming"}
@@ -317,7 +318,7 @@ def _stats(
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return prepare(cli.params_from(args))
+    return prepare(cli.params_from(args, "prepare", PARAMS))
 
 
 if __name__ == "__main__":

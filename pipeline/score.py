@@ -41,13 +41,15 @@ import torch
 
 from pipeline import cli, paths
 from pipeline.cdr import store
-from pipeline.config import Params, check_date
+from pipeline.config import Params
+from pipeline.config.score import check_date
 from pipeline.errors import PipelineError
 from pipeline.io import stable_hash
 from pipeline.recs import lists, partition, plan, rank, trained
 from pipeline.recs.fold import fold_in
 
 log = logging.getLogger("score")
+PARAMS = ("pair", "train", "score")  # read here; dvc.yaml lists the same
 
 SCORES = paths.DATA / "scores"
 
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--models", type=Path, default=paths.MODELS, help="trained model directory")
     args = p.parse_args(argv)
     return score(
-        cli.params_from(args),
+        cli.params_from(args, "score", PARAMS),
         users_path=args.users,
         interactions_path=args.interactions,
         out=args.out,

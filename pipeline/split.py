@@ -24,12 +24,14 @@ import numpy as np
 import polars as pl
 
 from pipeline import cli, paths
-from pipeline.config import Params, SplitParams
+from pipeline.config import Params
+from pipeline.config.split import SplitParams
 from pipeline.errors import InputError
 from pipeline.io import read_parquet, write_json, write_parquet
 from pipeline.schemas import ROLES, SPLIT
 
 log = logging.getLogger("split")
+PARAMS = ("pair", "split")  # read here; dvc.yaml lists the same
 
 
 def read_user_file(path: str | Path, known: set[str], what: str) -> list[str]:
@@ -142,7 +144,7 @@ def split(params: Params, users_path: Path = paths.USERS, out: Path = paths.ROLE
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return split(cli.params_from(args))
+    return split(cli.params_from(args, "split", PARAMS))
 
 
 if __name__ == "__main__":

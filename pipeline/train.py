@@ -17,6 +17,7 @@ from pipeline.config import Params
 from pipeline.io import stable_hash
 
 log = logging.getLogger("train")
+PARAMS = ("dataset.name", "pair", "train")  # read here; dvc.yaml lists the same
 
 
 def train(params: Params) -> harness.Fitted:
@@ -54,7 +55,7 @@ def train(params: Params) -> harness.Fitted:
 
 def main(argv: Sequence[str] | None = None) -> harness.Fitted:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return train(cli.params_from(args))
+    return train(cli.params_from(args, "train", PARAMS))
 
 
 if __name__ == "__main__":

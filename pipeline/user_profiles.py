@@ -47,6 +47,15 @@ from pipeline.features.profiles import (
 from pipeline.io import stable_hash
 
 log = logging.getLogger("user_profiles")
+PARAMS = (  # read here; dvc.yaml lists the same
+    "pair",
+    "user_profiles",
+    # profiles are embedded into the item-text space, with the item text encoder
+    "item_features.text_encoder",
+    "item_features.clip.model",
+    "item_features.clip.pretrained",
+    "item_features.batch_size",
+)
 
 
 def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
@@ -131,7 +140,7 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    return user_profiles(cli.params_from(args))
+    return user_profiles(cli.params_from(args, "user_profiles", PARAMS))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.config import load_params
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, UndeclaredParamError
 from tests.conftest import ROOT, write_params
 
 
@@ -51,3 +55,64 @@ def test_recbole_domains_need_files(tmp_path):
 def test_overrides_use_dotted_keys(tmp_path):
     params = load_params(ROOT / "params.yaml", {"split.seed": 11})
     assert params.split.seed == 11
+
+
+def test_unknown_section_is_named_for_every_stage(tmp_path):
+    path = write_params(tmp_path / "params.yaml", splitt={"seed": 1})
+    with pytest.raises(ParamsError, match=r"splitt: unknown section \(did you mean 'split'\?\)"):
+        load_params(path, reads=("dataset",), stage="download")
+
+
+def test_a_stage_validates_only_the_sections_it_reads(tmp_path):
+    path = write_params(tmp_path / "params.yaml", split={"test_fraction": 1.5})
+    assert load_params(path, reads=("dataset",), stage="download").dataset.name == "synthetic"
+    with pytest.raises(ParamsError, match=r"split\.test_fraction"):
+        load_params(path, reads=("pair", "split"), stage="split")
+
+
+def test_reading_an_undeclared_section_names_stage_and_key():
+    params = load_params(ROOT / "params.yaml", reads=("pair", "split"), stage="split")
+    assert params.split.seed == 2024
+    with pytest.raises(UndeclaredParamError, match=r"stage split reads params 'train'"):
+        params.train  # noqa: B018
+
+
+def test_dotted_declarations_allow_those_keys_only():
+    reads = ("pair", "item_features.clip.model", "item_features.batch_size")
+    params = load_params(ROOT / "params.yaml", reads=reads, stage="user_profiles")
+    features = params.item_features
+    assert (features.clip.model, features.batch_size) == ("ViT-B-32", 64)
+    with pytest.raises(UndeclaredParamError, match=r"'item_features\.clip\.pretrained'"):
+        features.clip.pretrained  # noqa: B018
+    with pytest.raises(UndeclaredParamError, match=r"'item_features\.device'"):
+        features.device  # noqa: B018
+    with pytest.raises(UndeclaredParamError, match=r"reads all of 'item_features' \(model_dump\)"):
+        features.model_dump()
+
+
+def test_a_whole_section_beats_a_key_of_it():
+    reads = ("item_features.clip.model", "item_features")
+    params = load_params(ROOT / "params.yaml", reads=reads, stage="item_features")
+    assert params.item_features.model_dump()["device"] == "auto"
+
+
+def test_checks_across_sections_run_where_both_are_read(tmp_path):
+    path = write_params(tmp_path / "params.yaml", item_features={"image_encoder": "clip"})
+    with pytest.raises(ParamsError, match=r"image_encoder: 'clip' needs images\.enabled: true"):
+        load_params(path, reads=("images.enabled", "item_features"), stage="item_features")
+
+
+def test_sections_a_stage_does_not_read_are_not_imported():
+    # download reads no train settings, so the training config code is not loaded (nor a
+    # dvc.yaml dep of the stage).
+    code = (
+        "import sys; from pipeline.config import load_params; "
+        "load_params('params.yaml', reads=('dataset', 'download', 'synthetic'), stage='download'); "
+        "print(sorted(m for m in sys.modules if m.startswith('pipeline.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    loaded = ast.literal_eval(out)
+    assert "pipeline.cdr.configs" not in loaded and "pipeline.config.split" not in loaded
+    assert "pipeline.config.download" in loaded

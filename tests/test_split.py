@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from pipeline import split as split_stage
-from pipeline.config import SplitParams, load_params
+from pipeline.config import load_params
+from pipeline.config.split import SplitParams
 from pipeline.errors import InputError
 from pipeline.schemas import ROLES
 from tests.conftest import ROOT

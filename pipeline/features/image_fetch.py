@@ -52,7 +52,7 @@ from pipeline.io.http import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.config import ImagesParams
+    from pipeline.config.images import ImagesParams
 
 log = logging.getLogger("images")
 

@@ -30,7 +30,7 @@ from pipeline import paths
 from pipeline.io.parts import RotatingParquetWriter
 
 if TYPE_CHECKING:
-    from pipeline.config import ImagesParams
+    from pipeline.config.images import ImagesParams
 
 log = logging.getLogger("images")
 

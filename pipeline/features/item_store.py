@@ -37,7 +37,7 @@ from pipeline.features.item_text import text_hash
 from pipeline.io import read_json, read_meta, stable_hash, write_json, write_parquet
 
 if TYPE_CHECKING:
-    from pipeline.config import ItemFeaturesParams
+    from pipeline.config.item_features import ItemFeaturesParams
 
 log = logging.getLogger("item_features")
 

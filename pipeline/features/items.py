@@ -33,7 +33,7 @@ from pipeline.features.item_store import Cache, Part, store_table
 from pipeline.features.item_text import clean_text, cut, item_text, text_hash
 
 if TYPE_CHECKING:
-    from pipeline.config import ItemFeaturesParams
+    from pipeline.config.item_features import ItemFeaturesParams
 
 IMAGE_CHUNK = 512  # pictures read from the images store, decoded and encoded per round
 

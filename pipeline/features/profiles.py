@@ -30,7 +30,7 @@ from pipeline.io import stable_hash
 from pipeline.recs.metrics import POSITIVE_RATING
 
 if TYPE_CHECKING:
-    from pipeline.config import UserProfilesParams
+    from pipeline.config.user_profiles import UserProfilesParams
 
 log = logging.getLogger("user_profiles")
 

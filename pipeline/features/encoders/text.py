@@ -27,7 +27,7 @@ from pipeline.features.encoders.base import TextEncoder
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.config import ItemFeaturesParams
+    from pipeline.config.item_features import ItemFeaturesParams
     from pipeline.features.encoders.clip import ClipEncoder
 
 log = logging.getLogger(__name__)

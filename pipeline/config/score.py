@@ -1,0 +1,42 @@
+"""params.yaml ``score``: batch top-K scoring of cold-start users (the ``score`` stage and the
+nightly command)."""
+
+from __future__ import annotations
+
+import datetime
+
+from pydantic import Field, model_validator
+
+from pipeline.cdr.configs import METHOD_NAMES
+from pipeline.config import Section
+
+
+class ScoreParams(Section):
+    method: str = "auto"  # auto = best valid ndcg@10 among the trained methods, or a method name
+    k: int = Field(20, ge=1)  # items per user
+    chunk_size: int = Field(1024, ge=1)  # users scored at once (memory ~ chunk_size x items)
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int | None = Field(None, ge=1)  # sampling steps of a diffusion generator; null = its own
+    date: str | None = None  # partition date YYYY-MM-DD; null = today (UTC)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreParams:
+        if self.method != "auto" and self.method not in METHOD_NAMES:
+            raise ValueError(f"method: expected auto or one of {list(METHOD_NAMES)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError("device: expected auto, cpu or cuda[:N]")
+        if self.date is not None:
+            check_date(self.date)
+        return self
+
+
+def check_date(text: str, name: str = "date") -> str:
+    """``text`` when it is a calendar date written YYYY-MM-DD, else a ValueError naming ``name``
+    (score.date in params.yaml and the score command's ``--date``)."""
+    try:
+        ok = datetime.date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} {text!r}: expected YYYY-MM-DD")
+    return text

@@ -1,0 +1,23 @@
+"""params.yaml ``user_profiles``: the LLM that writes user profiles, and how."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config import Section
+
+
+class UserProfilesParams(Section):
+    enabled: bool = True
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: str = "smollm2"  # "smollm2" (offline GGUF package), a Hub name or local dir; the served model for openai
+    gguf_file: str | None = None  # GGUF file inside a local model directory
+    endpoint: str | None = None  # OpenAI-compatible base URL (backend openai)
+    template: str = "prompts/user_profile_v1.txt"
+    max_items: int = Field(6, ge=1)  # history items shown to the LLM, most informative first
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback
+    device: str = "auto"
