@@ -5,11 +5,13 @@ Outputs (``data/prepared/``, column types in :mod:`pipeline.schemas`):
 - ``interactions.parquet``: one row per (domain, user, item); repeated (user, item) rows in a
   domain are merged by ``prepare.duplicates`` (``mean`` rating, the ``last`` one by time, or
   the ``max``), the merge count kept in ``n_duplicates``; optional k-core filter per domain.
+  Its metadata (:func:`pipeline.io.read_meta`) holds each domain's ``rating_scale``: the lowest
+  and highest rating of its raw records (``{"min": 1.0, "max": 5.0}``; null if implicit).
 - ``items.parquet``: every item with interactions, its metadata where the source has some
   (``has_metadata`` false otherwise: real catalogues have gaps).
 - ``users.parquet``: one row per (user, domain) with history there.
 - ``metrics/data_stats.json``: counts per domain, cross-domain overlap, duplicates merged,
-  records skipped, metadata coverage.
+  records skipped, metadata coverage, rating scale (``rating_min`` / ``rating_max``).
 
 Parsing streams each file into a Parquet part cached under ``data/cache/parsed`` by the raw
 file's checksum, so an interrupted run resumes where it stopped; the merge, the k-core filter
@@ -33,7 +35,13 @@ from pipeline.errors import InputError
 from pipeline.io import read_json, sink_parquet, write_json
 from pipeline.schemas import INTERACTIONS, polars_schema
 from pipeline.tables.entities import items_table, users_table
-from pipeline.tables.interactions import duplicate_stats, empty_domains, k_core, merge_duplicates
+from pipeline.tables.interactions import (
+    duplicate_stats,
+    empty_domains,
+    k_core,
+    merge_duplicates,
+    rating_scale,
+)
 from pipeline.tables.parse import parse_domains
 from pipeline.tables.stats import data_stats
 
@@ -79,10 +87,11 @@ def prepare(
             "duplicates": prep.duplicates,
             "k_core": prep.k_core,
         }
+        scale = rating_scale(inter_parts)
         sink_parquet(
             interactions.sort(["domain", "user_id", "item_id"]).cast(polars_schema(INTERACTIONS)),
             out_dir / "interactions.parquet",
-            meta,
+            {**meta, "rating_scale": scale},
         )
         inter = pl.scan_parquet(out_dir / "interactions.parquet")
         sink_parquet(items_table(inter, meta_parts), out_dir / "items.parquet", meta)
@@ -94,7 +103,7 @@ def prepare(
             "duplicates_policy": prep.duplicates,
             "k_core": prep.k_core,
         }
-        stats = data_stats(inter, items, dups, skipped, header)
+        stats = data_stats(inter, items, dups, scale, skipped, header)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_json(stats, paths.DATA_STATS)

@@ -36,6 +36,7 @@ RAW_ITEM = pa.schema(
 )
 
 # data/prepared/interactions.parquet: one row per (domain, user, item), duplicates merged.
+# Its metadata's rating_scale: each domain's {"min", "max"} raw rating (null: implicit).
 INTERACTIONS = pa.schema(
     [
         ("user_id", pa.string()),

@@ -145,3 +145,37 @@ def test_resumed_run_reuses_parsed_parts(workdir, mirror, caplog):
     with caplog.at_level("INFO"):
         run(workdir, mirror)
     assert "parsed before" in caplog.text
+
+
+def test_rating_scale_of_each_domain_from_its_raw_records(workdir, mirror):
+    stats = run(workdir, mirror)
+    # books: raw ratings 2..5 (the 5 and the 3 of u1/b1 merge into a 4, the scale keeps the 5)
+    scale = {"books": {"min": 2.0, "max": 5.0}, "movies": {"min": 1.0, "max": 5.0}}
+    assert read_meta(workdir / "data/prepared/interactions.parquet")["rating_scale"] == scale
+    for domain, bounds in scale.items():
+        row = stats["domains"][domain]
+        assert (row["rating_min"], row["rating_max"]) == (bounds["min"], bounds["max"])
+    assert json.loads((workdir / "metrics/data_stats.json").read_text()) == stats
+
+
+def test_implicit_feedback_has_no_rating_scale(workdir, tmp_path):
+    files = {}
+    for domain, rows in (("books", ["u1\tb1", "u2\tb1"]), ("movies", ["u1\tm1", "u3\tm1"])):
+        files[domain] = tmp_path / f"{domain}.inter"
+        files[domain].write_text("\n".join(["user_id:token\titem_id:token", *rows]) + "\n")
+    write_params(
+        workdir / "params.yaml",
+        dataset={
+            "name": "implicit",
+            "format": "recbole",
+            "domains": {d: {"inter": str(path)} for d, path in files.items()},
+        },
+    )
+    params = load_params(workdir / "params.yaml")
+    download.download(params)
+    stats = prepare.prepare(params)
+    meta = read_meta(workdir / "data/prepared/interactions.parquet")
+    assert meta["rating_scale"] == {"books": None, "movies": None}
+    assert stats["domains"]["books"]["rating_min"] is None
+    assert stats["domains"]["movies"]["rating_max"] is None
+    assert stats["domains"]["movies"]["explicit"] is False

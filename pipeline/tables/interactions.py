@@ -81,3 +81,16 @@ def empty_domains(interactions: pl.LazyFrame, domains: list[str]) -> list[str]:
     """The ``domains`` without a single interaction left."""
     present = set(interactions.select(pl.col("domain").unique()).collect()["domain"].to_list())
     return [d for d in domains if d not in present]
+
+
+def rating_scale(parts: dict[str, Path]) -> dict[str, dict[str, float] | None]:
+    """Per domain, the lowest and highest rating among its parsed records, before merging and
+    filtering (``{"min": 1.0, "max": 5.0}``), or None where it has no ratings (implicit
+    feedback): the scale of the domain's ratings, which models clip their predictions to."""
+    scale = {}
+    for domain, part in sorted(parts.items()):
+        rating = pl.col("rating")
+        row = pl.scan_parquet(part).select(min=rating.min(), max=rating.max()).collect()
+        bounds = row.row(0, named=True)
+        scale[domain] = None if bounds["min"] is None else bounds
+    return scale

@@ -11,10 +11,17 @@ from pipeline.tables import STREAMING
 
 
 def data_stats(
-    inter: pl.LazyFrame, items: pl.LazyFrame, dups: pl.DataFrame, skipped: dict, header: dict
+    inter: pl.LazyFrame,
+    items: pl.LazyFrame,
+    dups: pl.DataFrame,
+    scale: dict[str, dict | None],
+    skipped: dict,
+    header: dict,
 ) -> dict:
-    """The statistics of the final tables; ``dups``: :func:`~pipeline.tables.interactions.
-    duplicate_stats`, ``skipped``: records skipped per raw file, ``header``: what produced them."""
+    """The statistics of the final tables. ``dups``: :func:`~pipeline.tables.interactions.
+    duplicate_stats`; ``scale``: :func:`~pipeline.tables.interactions.rating_scale` (each
+    domain's ``rating_min`` / ``rating_max``, null for implicit feedback); ``skipped``: records
+    skipped per raw file; ``header``: what produced the tables."""
     per_domain = (
         inter.group_by("domain")
         .agg(
@@ -45,6 +52,8 @@ def data_stats(
         row["rating_mean"] = None if row["rating_mean"] is None else round(row["rating_mean"], 6)
         row["density"] = round(row["density"], 8)
         row["metadata_coverage"] = round(row["metadata_coverage"], 6)
+        bounds = scale[d] or {"min": None, "max": None}
+        row["rating_min"], row["rating_max"] = bounds["min"], bounds["max"]
         domains[d] = row
     return {
         **header,
