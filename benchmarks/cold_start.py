@@ -42,7 +42,7 @@ from pipeline.errors import DamageLog, PipelineError
 from pipeline.io import write_json
 from pipeline.recs.metrics import METRIC_KEYS
 from pipeline.sources.recbole import read_inter
-from pipeline.split import assign_roles
+from pipeline.tables.roles import assign_roles
 
 log = logging.getLogger("benchmark")
 

@@ -15,6 +15,7 @@ from pipeline.config import load_params
 from pipeline.config.split import SplitParams
 from pipeline.errors import InputError
 from pipeline.schemas import ROLES
+from pipeline.tables.roles import assign_roles
 from tests.conftest import ROOT
 
 
@@ -108,6 +109,6 @@ def test_domains_without_shared_users_fail_clearly(workdir):
 
 def test_assign_roles_is_pure():
     params = SplitParams(seed=5, test_fraction=0.5, valid_fraction=0.25)
-    a = split_stage.assign_roles({"x", "y", "z", "w"}, {"x", "y", "z", "w", "v"}, params)
-    b = split_stage.assign_roles({"w", "z", "y", "x"}, {"v", "w", "z", "y", "x"}, params)
+    a = assign_roles({"x", "y", "z", "w"}, {"x", "y", "z", "w", "v"}, params)
+    b = assign_roles({"w", "z", "y", "x"}, {"v", "w", "z", "y", "x"}, params)
     assert a == b and a["v"] == "side"
