@@ -7,9 +7,10 @@ For each stage (``cmd: python -m pipeline.X``):
   runs ``a/__init__.py`` and ``a/b/__init__.py`` too), plus the config module of every params
   section it reads (:data:`pipeline.config.SECTIONS`, imported by name at run time), is covered
   by the stage's ``deps`` (a directory covers the files under it);
-- params: the stage's ``params`` in dvc.yaml equal the ``PARAMS`` its module declares. The
-  stages load their params through that declaration, and a read outside it raises
-  (:class:`pipeline.errors.UndeclaredParamError`), so every stage run proves it complete.
+- params: the stage's ``params`` in dvc.yaml equal the ``PARAMS`` its module declares. Its
+  ``main`` loads the params through that declaration (``cli.params_from(args, stage, PARAMS)``),
+  and a read outside it raises (:class:`pipeline.errors.UndeclaredParamError`), so every stage
+  run (tests/test_pipeline_e2e.py runs them all) proves the declaration complete.
 
 Listed code deps that nothing imports are reported as warnings: they only cost re-runs.
 """
@@ -198,6 +199,18 @@ def test_params_equal_what_the_stage_declares(name):
         f"dvc.yaml stage {name}: params the stage does not read (or add them to its PARAMS): "
         f"{report.params_extra}"
     )
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_the_stage_loads_its_params_through_its_declaration(name):
+    # main() passes PARAMS to cli.params_from, which refuses any read outside them at run time
+    tree = ast.parse(module_file(f"pipeline.{name}").read_text())
+    calls = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "cli.params_from"
+    ]
+    assert calls == [f"cli.params_from(args, '{name}', PARAMS)"]
 
 
 def _without_dep(name: str, dep: str) -> list[str]:
