@@ -65,7 +65,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def section_model(name: str) -> type[BaseModel]:
+def _section_model(name: str) -> type[BaseModel]:
     module, _, model = SECTIONS[name].partition(":")
     return getattr(importlib.import_module(module), model)
 
@@ -187,11 +187,11 @@ def load_params(
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return validate_params(raw, str(path), reads, stage)
+        _set_dotted(raw, dotted, value)
+    return _validate(raw, str(path), reads, stage)
 
 
-def validate_params(
+def _validate(
     raw: dict,
     source: str = "params.yaml",
     reads: Sequence[str] | None = None,
@@ -210,7 +210,7 @@ def validate_params(
             raise UndeclaredParamError(f"stage {stage} declares unknown params section '{name}'")
     sections = {}
     for name in names:
-        model = section_model(name)
+        model = _section_model(name)
         try:
             sections[name] = model.model_validate(raw.get(name, {}))
         except ValidationError as exc:
@@ -240,7 +240,7 @@ def _check_across(sections: dict[str, Any]) -> list[str]:
     return problems
 
 
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
