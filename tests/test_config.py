@@ -116,3 +116,10 @@ def test_sections_a_stage_does_not_read_are_not_imported():
     loaded = ast.literal_eval(out)
     assert "pipeline.cdr.configs" not in loaded and "pipeline.config.split" not in loaded
     assert "pipeline.config.download" in loaded
+
+
+def test_a_declared_key_must_exist():
+    with pytest.raises(UndeclaredParamError, match=r"declares unknown param 'split\.sed'"):
+        load_params(ROOT / "params.yaml", reads=("split.sed",), stage="split")
+    with pytest.raises(UndeclaredParamError, match=r"declares unknown params section 'splt'"):
+        load_params(ROOT / "params.yaml", reads=("splt",), stage="split")

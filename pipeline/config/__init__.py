@@ -219,6 +219,12 @@ def _validate(
         problems = [f"{source}: {msg}" for msg in _check_across(sections)]
     if problems:
         raise ParamsError("\n".join(problems))
+    for dotted in reads or ():  # a bug in the stage's PARAMS, not in params.yaml
+        node: Any = sections[dotted.split(".")[0]]
+        for key in dotted.split(".")[1:]:
+            if key not in getattr(type(node), "model_fields", {}):
+                raise UndeclaredParamError(f"stage {stage} declares unknown param '{dotted}'")
+            node = getattr(node, key)
     return Params(sections, reads, stage)
 
 
