@@ -18,8 +18,10 @@ For every item of ``data/prepared/items.parquet`` (every domain) it writes one r
 A missing part (no text, no ``ok`` picture, an image that does not decode, an empty caption)
 is a vector of zeros with its flag false: never a crash, never a made-up vector. A re-run
 encodes only new or changed inputs (:mod:`pipeline.features.items`); the store is written to
-a temporary file and renamed into place. Under ``accelerate launch`` each rank encodes every
-``world``-th item; rank 0 merges the parts. ``metrics/item_features.json`` gets the counts.
+a temporary file and renamed into place. ``metrics/item_features.json`` gets the counts.
+
+``engine: ray`` runs the same encode loop on Ray Data actors, a batch of items per call, and
+streams the rows into the same store (:mod:`pipeline.features.item_batches`).
 """
 
 from __future__ import annotations
@@ -28,14 +30,19 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import cli, distributed, paths
+from pipeline import cli, distributed, engine, paths
 from pipeline.config import Params
 from pipeline.errors import PipelineError
+from pipeline.features import item_batches
 from pipeline.features.image_store import IMAGES
 from pipeline.features.item_store import load_cache, store_meta, write_store
-from pipeline.features.items import Encoders, encode_rank, load_encoders, run_stats
+from pipeline.features.items import encode_rank, load_encoders, run_stats
 from pipeline.io import read_parquet, write_json
+
+if TYPE_CHECKING:
+    from pipeline.config.item_features import ItemFeaturesParams
 
 log = logging.getLogger("item_features")
 PARAMS = ("images.enabled", "item_features")  # read here; dvc.yaml lists the same
@@ -51,7 +58,7 @@ def item_features(
     out_path: Path = ITEM_FEATURES,
     metrics_path: Path = METRICS,
 ) -> dict:
-    """Encode (or reuse) every item's features into ``out_path``; the stats on rank 0."""
+    """Encode (or reuse) every item's features into ``out_path``; the run's stats."""
     p = params.item_features
     started = time.perf_counter()
     if p.caption.enabled and not params.images.enabled:
@@ -62,41 +69,55 @@ def item_features(
             f"item features need item pictures but {image_store} does not exist: run the "
             "images stage first (dvc repro images)"
         )
-    rank = distributed.rank(p.device)
-    items = read_parquet(
-        items_path, columns=["item_id", "domain", "title", "description", "categories"]
-    ).with_row_index("row")
-    mine = items
-    if rank.world > 1 and items.height:
-        mine = items.gather_every(rank.world, offset=rank.index)
-
-    encoders = load_encoders(p, rank.device)
-    _log_encoders(encoders)
-    cache = load_cache(out_path, encoders.ids, encoders.dims)
-    table, counts = encode_rank(p, mine, encoders, cache, image_store, rank.is_main)
-    meta = store_meta(p, encoders)
-    per_rank = write_store(table, mine["row"], counts, meta, out_path, rank)
-    if not rank.is_main:
-        return {}
-    stats = run_stats(per_rank, encoders, time.perf_counter() - started)
+    ray = p.engine == "ray"
+    n_items = read_parquet(items_path, columns=["item_id"]).height if ray else 0
+    if n_items:  # the ray engine (an empty table has nothing to send out)
+        with engine.session():
+            meta, per_worker = item_batches.encode_on_ray(
+                p, items_path, image_store, out_path, n_items
+            )
+    else:
+        meta, per_worker = _encode_here(p, items_path, image_store, out_path)
+    _log_encoders(meta)
+    stats = run_stats(per_worker, meta, time.perf_counter() - started)
     write_json(stats, metrics_path)
     _log_summary(stats, out_path)
     return stats
 
 
-def _log_encoders(encoders: Encoders) -> None:
-    text = encoders.text
-    log.info("item features: text encoder %s (%d-d) from %s", text.name, text.dim, text.source)
-    if encoders.clip is not None:
-        c = encoders.clip
+def _encode_here(
+    p: ItemFeaturesParams, items_path: Path, image_store: Path, out_path: Path
+) -> tuple[dict, list]:
+    """The local engine: every item in this process, in one pass; (store meta, [counts])."""
+    items = read_parquet(items_path, columns=item_batches.COLUMNS)
+    encoders = load_encoders(p, distributed.resolve_device(p.device))
+    cache = load_cache(out_path, encoders.ids, encoders.dims)
+    table, counts = encode_rank(p, items, encoders, cache, image_store)
+    meta = store_meta(p, encoders)
+    write_store(table, meta, out_path)
+    return meta, [counts]
+
+
+def _log_encoders(meta: dict) -> None:
+    text, clip, captioner = meta["text_encoder"], meta["image_encoder"], meta["captioner"]
+    log.info(
+        "item features: text encoder %s (%d-d) from %s", text["name"], text["dim"], text["source"]
+    )
+    if clip["name"] != "none":
         log.info(
-            "item features: image encoder open_clip %s (%d-d) from %s", c.name, c.dim, c.source
+            "item features: image encoder open_clip %s (%d-d) from %s",
+            clip["name"],
+            clip["dim"],
+            clip["source"],
         )
     else:
         log.info("item features: image encoder off (item_features.image_encoder: none)")
-    if encoders.captioner is not None:
-        c = encoders.captioner
-        log.info("item features: captions by %s, prompt %s", c.name, c.prompt.version)
+    if captioner["name"] != "none":
+        log.info(
+            "item features: captions by %s, prompt %s",
+            captioner["name"],
+            captioner["prompt_version"],
+        )
     else:
         log.info("item features: captions off (item_features.caption.enabled: false)")
 

@@ -21,7 +21,6 @@ previous store (:func:`load_cache`).
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import distributed
+from pipeline.engine import EXECUTION_KEYS
 from pipeline.features.item_text import text_hash
-from pipeline.io import read_json, read_meta, stable_hash, write_json, write_parquet
+from pipeline.io import read_meta, stable_hash, write_parquet
 
 if TYPE_CHECKING:
     from pipeline.config.item_features import ItemFeaturesParams
@@ -151,7 +150,7 @@ def store_meta(p: ItemFeaturesParams, encoders: Any) -> dict:
         "stage": "item_features",
         "store_version": STORE_VERSION,
         "key": ["item_id", "domain"],
-        "params_hash": stable_hash(p.model_dump()),
+        "params_hash": stable_hash(p.model_dump(exclude=EXECUTION_KEYS)),  # what, not where
         "params": p.model_dump(),
         "normalisation": "l2 per part (text_emb, image_emb, caption_emb); fused_emb unit norm",
         "fusion": FUSION,
@@ -177,42 +176,9 @@ def store_meta(p: ItemFeaturesParams, encoders: Any) -> dict:
 
 
 # --------------------------------------------------------------------------- writing
-def write_store(
-    table: pa.Table,
-    rows: pl.Series,
-    counts: dict,
-    meta: dict,
-    out_path: Path,
-    rank: distributed.Rank,
-) -> list[dict]:
-    """Write the store; with several ranks, merge their parts first. The ranks' counts on
-    rank 0 (empty on the others).
-
-    Each rank writes a part with its items-table row numbers ``rows``; rank 0 merges the parts
-    back into items-table order.
-    """
-    if rank.world == 1:
-        write_parquet(table, out_path, {**meta, "content": content(table)})
-        return [counts]
-    parts = out_path.with_name(f".{out_path.name}.parts")
-    if rank.is_main:
-        shutil.rmtree(parts, ignore_errors=True)
-        parts.mkdir(parents=True)
-    distributed.barrier()
-    write_parquet(
-        table.append_column("_row", rows.to_arrow()), parts / f"part-{rank.index:03d}.parquet"
-    )
-    write_json(counts, parts / f"counts-{rank.index:03d}.json")
-    distributed.barrier()
-    per_rank: list[dict] = []
-    if rank.is_main:
-        per_rank = [read_json(f) for f in sorted(parts.glob("counts-*.json"))]
-        merged = pa.concat_tables([pq.read_table(f) for f in sorted(parts.glob("part-*.parquet"))])
-        merged = merged.sort_by("_row").drop_columns("_row")
-        write_parquet(merged, out_path, {**meta, "content": content(merged)})
-        shutil.rmtree(parts, ignore_errors=True)
-    distributed.barrier()
-    return per_rank
+def write_store(table: pa.Table, meta: dict, out_path: Path) -> None:
+    """Write the whole store at once (the local engine; the ray engine streams it)."""
+    write_parquet(table, out_path, {**meta, "content": content(table)})
 
 
 # --------------------------------------------------------------------------- the previous store

@@ -349,7 +349,7 @@ def iter_picture_chunks(
         yield shas, blobs
 
 
-# --------------------------------------------------------------------------- all ranks
+# --------------------------------------------------------------------------- all workers
 def sum_counts(per_rank: list[dict]) -> dict:
     total: dict[str, Any] = {"parts": {}}
     for counts in per_rank:
@@ -368,8 +368,9 @@ def sum_counts(per_rank: list[dict]) -> dict:
     return total
 
 
-def run_stats(per_rank: list[dict], encoders: Encoders, seconds: float) -> dict:
-    """``metrics/item_features.json``: the ranks' counts added up, timings and encoders."""
+def run_stats(per_rank: list[dict], meta: dict, seconds: float) -> dict:
+    """``metrics/item_features.json``: the workers' counts added up (the local process, or each
+    actor of the ray engine), timings, and the encoders the store ``meta`` names."""
     counts = sum_counts(per_rank)
     encode_seconds = counts.pop("encode_seconds", 0.0) or 0.0
     return {
@@ -382,7 +383,7 @@ def run_stats(per_rank: list[dict], encoders: Encoders, seconds: float) -> dict:
             else None
         ),
         "world_size": len(per_rank),
-        "text_encoder": encoders.text.name,
-        "image_encoder": encoders.clip.name if encoders.clip is not None else "none",
-        "captioner": encoders.captioner.name if encoders.captioner is not None else "none",
+        "text_encoder": meta["text_encoder"]["name"],
+        "image_encoder": meta["image_encoder"]["name"],
+        "captioner": meta["captioner"]["name"],
     }
