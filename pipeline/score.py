@@ -26,7 +26,8 @@ fingerprints), and ``_SUCCESS`` last. All dates:
 Users new since training are folded in (:mod:`pipeline.recs.fold`). ``score.method: auto``
 picks the best ``ndcg@10`` on the validation cold users; ``score.steps`` overrides a diffusion
 generator's sampling steps. Scoring is chunked (:mod:`pipeline.recs.rank`): ``score.chunk_size``
-users at a time, on CUDA when available, while a thread writes the previous chunk.
+users at a time, on CUDA when available, while a thread writes the previous chunk; with
+``score.engine: ray``, on Ray Data actors, a batch of users each (:mod:`pipeline.recs.batches`).
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from pipeline import cli, paths
+from pipeline import cli, engine, paths
 from pipeline.cdr import store
 from pipeline.config import Params
-from pipeline.config.score import check_date
+from pipeline.config.score import ScoreParams, check_date
 from pipeline.errors import PipelineError
 from pipeline.io import stable_hash
-from pipeline.recs import lists, partition, plan, rank, trained
-from pipeline.recs.fold import fold_in
+from pipeline.recs import batches, lists, partition, plan, rank, trained
+from pipeline.recs.fold import Scorer, fold_in
 
 log = logging.getLogger("score")
 PARAMS = ("pair", "train", "score")  # read here; dvc.yaml lists the same
@@ -82,20 +83,25 @@ def score(
         fresh = plan.read_interactions(interactions_path, requested, (pair.source, pair.target))
     todo = plan.plan(data, fitted.ctx, requested, fresh)
     scorer = fold_in(fitted, name, todo, params.train.base)
-    device = rank.resolve_device(sp.device)
+    device = rank.resolve_device(sp.device) if sp.engine == "local" else None
     n, exclude = len(todo.user_ids), (todo.exclude_indptr, todo.exclude_items)
-    with partition.building(out, date) as tmp, scorer.sampling_steps(sp.steps), torch.no_grad():
-        item = scorer.item_vectors()
-        chunks = rank.rank_chunks(
-            scorer.user_vectors, n, item, sp.k, sp.chunk_size, device, exclude, progress
-        )
+    with (
+        partition.building(out, date) as tmp,
+        scorer.sampling_steps(sp.steps),
+        torch.no_grad(),
+        engine.running(sp.engine),
+    ):
+        chunks, device = _ranked(scorer, n, exclude, sp, device, progress)
         meta = {"method": name, "model_version": version, "date": date, "k": sp.k}
         ids = data.tgt_item_ids
         written = lists.write_lists(tmp, todo.user_ids, chunks, ids, name, version, meta)
         rejects = todo.rejects + [(u, "non_finite_scores") for u in written.non_finite]
         by_reason = partition.write_rejects(tmp, rejects)
         # The part size shapes the files too: hashed with the settings, as when it was a param.
-        hashed = {**sp.model_dump(exclude={"date"}), "rows_per_part": lists.ROWS_PER_PART}
+        hashed = {
+            **sp.model_dump(exclude={"date", *engine.EXECUTION_KEYS}),
+            "rows_per_part": lists.ROWS_PER_PART,
+        }
         settings = {"pair": pair.model_dump(), "train": params.train.model_dump(), "score": hashed}
         counts = {"scored": n - len(written.non_finite), "rejected": len(rejects)}
         manifest = {
@@ -110,6 +116,7 @@ def score(
             "k": sp.k,
             "steps": getattr(scorer.method, "sample_steps", None),
             "device": device.type,
+            "engine": sp.engine,
             "users_file": None if users_path is None else str(users_path),
             "interactions_file": None if interactions_path is None else str(interactions_path),
             "counts": {**todo.counts, **counts, "rows": written.rows},
@@ -126,6 +133,22 @@ def score(
         f"{name}, K={sp.k}, {took:.1f} s"
     )
     return manifest
+
+
+def _ranked(
+    scorer: Scorer, n: int, exclude: tuple, sp: ScoreParams, device: torch.device | None,
+    progress: bool,
+) -> tuple[Iterator[rank.Chunk], torch.device]:  # fmt: skip
+    """The lists, chunk by chunk, from ``score.engine``, and the device that ranks them."""
+    if sp.engine == "ray":
+        device = batches.actor_device(sp.device)
+        chunks = batches.rank_on_ray(scorer, n, sp.k, sp.chunk_size, sp.device, exclude, sp.ray)
+        return chunks, device
+    item = scorer.item_vectors()
+    chunks = rank.rank_chunks(
+        scorer.user_vectors, n, item, sp.k, sp.chunk_size, device, exclude, progress
+    )
+    return chunks, device
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from pipeline.cdr.configs import METHOD_NAMES
 from pipeline.config import Section
+from pipeline.config.engine import Engine, RayParams
 
 
 class ScoreParams(Section):
@@ -18,6 +19,8 @@ class ScoreParams(Section):
     device: str = "auto"  # auto | cpu | cuda
     steps: int | None = Field(None, ge=1)  # sampling steps of a diffusion generator; null = its own
     date: str | None = None  # partition date YYYY-MM-DD; null = today (UTC)
+    engine: Engine = "local"  # local | ray (Ray Data actors, pipeline.engine)
+    ray: RayParams = RayParams(batch_size=4096)  # users per actor call
 
     @model_validator(mode="after")
     def _check(self) -> ScoreParams:
