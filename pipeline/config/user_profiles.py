@@ -7,11 +7,13 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.config import Section
+from pipeline.config.engine import Engine, RayParams
 
 
 class UserProfilesParams(Section):
     enabled: bool = True
-    backend: Literal["transformers", "openai"] = "transformers"
+    # transformers (in-process) | llamacpp (a llama.cpp server started for the run) | openai
+    backend: Literal["transformers", "llamacpp", "openai"] = "transformers"
     model: str = "smollm2"  # "smollm2" (offline GGUF package), a Hub name or local dir; the served model for openai
     gguf_file: str | None = None  # GGUF file inside a local model directory
     endpoint: str | None = None  # OpenAI-compatible base URL (backend openai)
@@ -21,3 +23,8 @@ class UserProfilesParams(Section):
     batch_size: int = Field(16, ge=1)
     max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback
     device: str = "auto"
+    concurrency: int = Field(4, ge=1)  # requests in flight to the endpoint (openai, llamacpp)
+    threads: int | None = Field(None, ge=1)  # CPU threads of the llamacpp server; null = all
+    timeout_seconds: float = Field(120.0, gt=0)  # per request to the endpoint, then retried
+    engine: Engine = "local"  # local | ray (Ray Data actors, pipeline.engine)
+    ray: RayParams = RayParams(batch_size=64)  # users per actor call (whole generate batches)

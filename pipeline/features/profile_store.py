@@ -1,7 +1,7 @@
 """The user-profile store ``data/features/users/``: its rows, the journal of an unfinished run,
 writing and reading.
 
-``part-<rank>.parquet`` files with :data:`SCHEMA`'s columns (``profile_emb`` a fixed-size float
+``part-*.parquet`` files with :data:`SCHEMA`'s columns (``profile_emb`` a fixed-size float
 list) and ``manifest.json`` with the metadata. A profile is keyed by its ``input_hash`` (prompt
 version, model, generation settings, history): the next run reuses it while the hash is
 unchanged. While profiles are generated, each finished batch is appended to a journal beside
@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline import distributed, paths
+from pipeline import paths
 from pipeline.io import atomic_dir, write_json, write_parquet
 
 USERS_STORE = paths.USER_PROFILES
@@ -99,18 +99,11 @@ def previous_profiles(store: Path) -> dict[str, dict]:
     return {row["input_hash"]: row for row in old.iter_rows(named=True)} if old.height else {}
 
 
-def write_store(table: pa.Table, meta: dict, store: Path, rank: distributed.Rank) -> None:
-    """Each rank writes its part beside the store; rank 0 swaps the parts in with the manifest."""
-    tmp_dir = store.with_name(f".{store.name}.ranks")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    write_parquet(table, tmp_dir / f"part-{rank.index:03d}.parquet", meta)
-    distributed.barrier()
-    if rank.is_main:
-        with atomic_dir(store) as out:
-            for part in sorted(tmp_dir.glob("part-*.parquet")):
-                part.rename(out / part.name)
-            write_json(meta, out / MANIFEST)
-        tmp_dir.rmdir()
+def write_store(table: pa.Table, meta: dict, store: Path) -> None:
+    """The store swapped in whole: its part and the manifest."""
+    with atomic_dir(store) as out:
+        write_parquet(table, out / "part-000.parquet", meta)
+        write_json(meta, out / MANIFEST)
 
 
 def write_disabled(store: Path) -> None:

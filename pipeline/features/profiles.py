@@ -195,13 +195,34 @@ def fallback_profile(liked: list[str], source: str) -> str:
 
 
 # --------------------------------------------------------------------------- generation
-def make_writer(p: UserProfilesParams, device: str) -> Any:
+def model_key(p: UserProfilesParams) -> str:
+    """The model as the input hashes name it: another backend writes other profiles."""
+    if p.backend == "openai":
+        return f"{p.model}@{p.endpoint}"
+    return p.model if p.backend == "transformers" else f"{p.model}@{p.backend}"
+
+
+def make_writer(p: UserProfilesParams, device: str, threads: int | None = None) -> Any:
+    """The profile writer of ``user_profiles.backend``; ``threads``: the CPU threads it may use
+    (llamacpp; None = ``user_profiles.threads``, else every core). Close it when done (a
+    llamacpp writer stops its server)."""
     from pipeline.features.encoders import llm
 
+    if p.backend == "llamacpp":
+        from pipeline.features.encoders.llama_server import LlamaCppWriter
+
+        threads = threads or p.threads
+        return LlamaCppWriter(p.model, p.gguf_file, threads, p.timeout_seconds, p.concurrency)
     if p.backend == "openai":
         if not p.endpoint:
             raise PipelineError("user_profiles.endpoint: required when backend is openai")
-        return llm.OpenAIWriter(p.endpoint, p.model, api_key=os.environ.get("OPENAI_API_KEY"))
+        return llm.OpenAIWriter(
+            p.endpoint,
+            p.model,
+            api_key=os.environ.get("OPENAI_API_KEY"),
+            timeout=p.timeout_seconds,
+            concurrency=p.concurrency,
+        )
     return llm.TransformersWriter(p.model, p.gguf_file, device)
 
 
@@ -213,13 +234,15 @@ def generate_profiles(
     source: str,
     target: str,
     on_batch: Callable[[list[dict]], None] | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """Fill ``profile_text``/``status`` of each pending user dict, batch by batch.
 
     ``on_batch`` gets every finished batch (the stage journals it, so that an interrupted run
     resumes where it stopped instead of starting over).
     """
-    for start in tqdm(range(0, len(todo), p.batch_size), desc="profiles", unit="batch"):
+    starts = range(0, len(todo), p.batch_size)
+    for start in tqdm(starts, desc="profiles", unit="batch", disable=not progress):
         batch = todo[start : start + p.batch_size]
         _generate_batch(writer, prompt, batch, p, source, target)
         if on_batch is not None:

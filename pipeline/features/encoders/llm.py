@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -65,6 +66,9 @@ class TransformersWriter:
         self.torch = torch
         log.info("loaded %s in %.1f s", self.model_id, time.perf_counter() - start)
 
+    def close(self) -> None:
+        """Nothing to release (the model goes with the writer)."""
+
     def render(self, messages: Messages) -> str:
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(
@@ -100,10 +104,18 @@ class TransformersWriter:
 
 
 RUNAWAY_MARK = "\u2026<unfinished>"  # appended when generation hit max_new_tokens
+RETRY_FREQUENCY_PENALTY = 1.0  # OpenAI range -2..2; discourages the loops a check rejected
 
 
 class OpenAIWriter:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, llama.cpp, a hosted API)."""
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, llama.cpp, a hosted API).
+
+    A batch's prompts are sent ``concurrency`` at a time (the server batches what is in flight),
+    each with a ``timeout`` and up to ``retries`` more attempts on a transport error or a
+    transient status (429, 5xx), with backoff (:class:`~pipeline.io.http.HttpClient`).
+    Decoding is greedy (temperature 0); a regeneration after a rejected output adds a
+    frequency penalty, the standard API's nearest to the local backend's repetition penalty.
+    """
 
     def __init__(
         self,
@@ -112,6 +124,7 @@ class OpenAIWriter:
         api_key: str | None = None,
         timeout: float = 120.0,
         retries: int = 3,
+        concurrency: int = 4,
     ):
         self.url = endpoint.rstrip("/") + "/chat/completions"
         self.model_id = f"{model} @ {endpoint}"
@@ -120,14 +133,17 @@ class OpenAIWriter:
         self.client = HttpClient(
             timeout=timeout, retries=retries, backoff=0.5, max_backoff=30.0, headers=headers
         )
+        self.concurrency = concurrency
 
-    def _one(self, messages: Messages, max_new_tokens: int) -> str:
+    def _one(self, messages: Messages, max_new_tokens: int, retry: bool = False) -> str:
         body = {
             "model": self.model,
             "messages": messages,
             "temperature": 0,
             "max_tokens": max_new_tokens,
         }
+        if retry:
+            body["frequency_penalty"] = RETRY_FREQUENCY_PENALTY
 
         def attempt() -> str:
             resp = self.client.post(self.url, json=body)
@@ -150,4 +166,10 @@ class OpenAIWriter:
     def generate(
         self, conversations: list[Messages], max_new_tokens: int, retry: bool = False
     ) -> list[str]:
-        return [self._one(m, max_new_tokens) for m in conversations]
+        """The answers, in order; at most ``concurrency`` requests in flight."""
+        workers = max(1, min(self.concurrency, len(conversations)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="llm-request") as pool:
+            return list(pool.map(lambda m: self._one(m, max_new_tokens, retry), conversations))
+
+    def close(self) -> None:
+        self.client.close()
