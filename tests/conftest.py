@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root, ../shared/data (skipped with a reason if absent),
-and a scratch project directory where stages run with their relative paths."""
+a scratch project directory where stages run with their relative paths, and a tiny random
+causal LM with SmolLM2's tokenizer."""
 
 from __future__ import annotations
 
@@ -79,3 +80,31 @@ def tiny_project(tmp_path_factory) -> Path:
     finally:
         os.chdir(old)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template, saved to disk."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pipeline.features.encoders.llm import SMOLLM2_FILE, smollm2_folder
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -55,34 +55,6 @@ def test_output_checks_reject_empty_runaway_and_echo():
     assert reason is None and cut == ok
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer and chat template, saved to disk."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from pipeline.features.encoders.llm import SMOLLM2_FILE, smollm2_folder
-
-    out = tmp_path_factory.mktemp("tiny_lm")
-    tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    import torch
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture()
 def project(tiny_project, tmp_path, tiny_lm):
     """A writable copy of the tiny project whose profiles come from the tiny LM."""
