@@ -1,8 +1,10 @@
-"""Data parallelism for the heavy stages, through accelerate (torch.distributed).
+"""The device a stage's models run on, and data parallelism for ``images`` through accelerate.
 
-Run a stage as ``accelerate launch -m pipeline.<stage>`` (on one machine or many): each rank
-takes every ``world``-th row of the work list and writes its own Parquet part; rank 0 waits
-for the others and then finishes the store. Run plainly, the stage is rank 0 of 1.
+Run ``images`` as ``accelerate launch -m pipeline.images`` (on one machine or many): each rank
+takes every ``world``-th row of the work list and writes its own Parquet shards; rank 0 waits
+for the others and then finishes the store. Run plainly, the stage is rank 0 of 1. The model
+stages (``item_features``, ``user_profiles``, ``score``) scale out with the ray engine instead
+(:mod:`pipeline.engine`).
 """
 
 from __future__ import annotations

@@ -118,7 +118,6 @@ def map_ordered(
     """Run ``actor(**kwargs)(batch)`` over the ``rows`` rows of ``ds``, ``batch_size`` rows a
     call (``settings.batch_size`` by default), on a pool of at most ``settings.actors`` actors;
     yield the output tables in input order as they finish."""
-    import ray.data
 
     batch_size = batch_size or settings.batch_size
     ds.context.execution_options.preserve_order = True  # rows come back in input order
@@ -133,13 +132,24 @@ def map_ordered(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(
-            size=max(1, min(settings.actors, -(-rows // batch_size)))
-        ),
+        compute=_pool(settings, rows, batch_size),
         num_cpus=settings.cpus_per_actor,
         num_gpus=gpus_per_actor(device),
     )
     yield from mapped.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _pool(settings: RaySettings, rows: int, batch_size: int) -> ray.data.ActorPoolStrategy:
+    """Up to ``settings.actors`` actors (never more than batches); started at once only as
+    many as leave a CPU free: a pool that took every CPU would leave none for Ray Data's own
+    read and split tasks and wait on them forever. The rest start as CPUs free up."""
+    import ray.data
+
+    most = max(1, min(settings.actors, -(-rows // batch_size)))
+    spare = ray.cluster_resources().get("CPU", 1) - 1
+    return ray.data.ActorPoolStrategy(
+        min_size=max(1, min(most, int(spare // settings.cpus_per_actor))), max_size=most
+    )
 
 
 class Hosted:
