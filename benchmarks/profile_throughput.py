@@ -32,7 +32,8 @@ def prompts(n: int, template: Prompt, max_items: int) -> list[list[dict]]:
     from pipeline import download, prepare
     from pipeline.config import load_params
 
-    params = load_params(ROOT / "params.yaml", {"dataset.format": "synthetic"})
+    reads = (*download.PARAMS, *prepare.PARAMS)  # the sections the two stages read
+    params = load_params(ROOT / "params.yaml", {"dataset.format": "synthetic"}, reads, "prompts")
     old = Path.cwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)

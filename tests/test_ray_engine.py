@@ -86,13 +86,13 @@ def project(tiny_project, tiny_lm, tmp_path_factory) -> Path:
     return root
 
 
+STAGES = {"item_features": item_stage, "user_profiles": profile_stage, "score": score_stage}
+
+
 def params(section: str, **ray):
-    """params.yaml with ``section`` on the ray engine (local without ``ray`` settings)."""
-    if not ray:
-        return load_params("params.yaml")
-    return load_params(
-        "params.yaml", {f"{section}.engine": "ray", f"{section}.ray": {**RAY, **ray}}
-    )
+    """The params stage ``section`` reads, on the ray engine (local without ``ray`` settings)."""
+    engine = {f"{section}.engine": "ray", f"{section}.ray": {**RAY, **ray}} if ray else {}
+    return load_params("params.yaml", engine, STAGES[section].PARAMS, section)
 
 
 def dies_once(base: type, column: str, key, marker: Path) -> type:
@@ -123,8 +123,11 @@ def test_item_features_on_ray_equal_local_with_a_worker_killed(project, monkeypa
     marker = tmp_path / "died"
     killer = dies_once(item_batches.EncodeItems, "item_id", items["item_id"][100], marker)
     monkeypatch.setattr(item_batches, "EncodeItems", killer)
+    # The default actors (2 x 1 CPU) on 2 CPUs: the pool must leave Ray Data's read a CPU.
     on_ray = item_stage.item_features(
-        params("item_features", batch_size=48), out_path=ray_path, metrics_path=tmp_path / "r.json"
+        params("item_features", batch_size=48, cpus_per_actor=1.0),
+        out_path=ray_path,
+        metrics_path=tmp_path / "r.json",
     )
     assert marker.exists()  # a worker died mid-job, and the job still finished
     a, b = pl.read_parquet(local_path), pl.read_parquet(ray_path)
