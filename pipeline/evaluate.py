@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pipeline import cli, paths
 from pipeline.cdr import harness
 from pipeline.config import Params
-from pipeline.io import write_json, write_text
+from pipeline.io import read_json, write_json, write_text
 from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
@@ -46,6 +46,8 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 
 def evaluate(params: Params) -> dict:
     data, fitted = trained.load(params)
+    if paths.TRAIN_TIMES.exists():  # not in the model files: same weights, same bytes
+        fitted.train_seconds.update(read_json(paths.TRAIN_TIMES)["train_seconds"])
     test = harness.evaluate(fitted, "test")
     valid = harness.evaluate(fitted, "valid")
     write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)

@@ -22,6 +22,7 @@ FEATURES = DATA / "features"
 ITEM_FEATURES = FEATURES / "items.parquet"  # item feature store (item_features stage)
 USER_PROFILES = FEATURES / "users"  # LLM user profiles, Parquet parts (user_profiles stage)
 MODELS = DATA / "models"  # trained base models and cold-start methods (torch state dicts)
+TRAIN_TIMES = METRICS / "train.json"  # seconds the base models and each method trained
 COLD_START = METRICS / "cold_start.json"  # test metrics of every method
 VALID = METRICS / "cold_start_valid.json"  # the same on validation cold users
 PLOTS = Path("plots")

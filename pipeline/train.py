@@ -14,7 +14,7 @@ from pipeline import cli, paths
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, harness, store
 from pipeline.config import Params
-from pipeline.io import stable_hash
+from pipeline.io import stable_hash, write_json
 
 log = logging.getLogger("train")
 PARAMS = ("dataset.name", "pair", "train")  # read here; dvc.yaml lists the same
@@ -49,6 +49,7 @@ def train(params: Params) -> harness.Fitted:
         "params_hash": stable_hash(tp.model_dump()),
     }
     store.save(fitted, paths.MODELS, meta)
+    write_json(store.timings(fitted), paths.TRAIN_TIMES)
     log.info("wrote %s (%s)", paths.MODELS, ", ".join(fitted.methods))
     return fitted
 
