@@ -1,10 +1,15 @@
 """Stage ``download``: fetch (or generate) the raw files of every configured domain.
 
 Writes ``data/raw/<domain>/reviews.<ext>`` and ``meta.<ext>`` plus ``data/raw/manifest.json``
-(URL, size and sha256 of every file). HTTP downloads stream to disk, resume a partial file
-with a Range request and retry with backoff (:mod:`pipeline.io.fetch`); a file already listed in
-the manifest with the same URL, size and checksum is never fetched again. ``file://`` URLs
-and local paths (RecBole files, a local mirror) are copied the same way.
+(URL, size and sha256 of every file, whether its content was verified, and ``complete`` once
+every file is there). HTTP downloads stream to disk, resume a partial file with a Range request
+and retry with backoff (:mod:`pipeline.io.fetch`); a file is kept only once its content checks
+out: a gzip file must decompress to its end, and a sha256 the server publishes must match. The
+manifest is rewritten as each file completes, so a run that fails on a later file keeps the
+earlier ones. A file listed with the same URL and size and a passed check is never fetched
+again; one listed without a check (or failing it now) is checked again and fetched anew if it
+fails. ``file://`` URLs and local paths (RecBole files, a local mirror) are copied the same
+way.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from pipeline import cli, paths
 from pipeline.config import Params
 from pipeline.io import read_json, sha256_file, write_json
-from pipeline.io.fetch import fetch
+from pipeline.io.fetch import check_gzip, fetch
 from pipeline.sources import amazon, synthetic
 
 log = logging.getLogger("download")
@@ -63,6 +68,19 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
     manifest_path = raw_dir / "manifest.json"
     old = {e["path"]: e for e in _old_entries(manifest_path)}
     entries = []
+
+    def record(complete: bool, later: list[RawFile] = ()) -> dict:
+        # Files of a previous run not reached yet stay listed, so a failure loses none of them.
+        kept = [old[str(r.path)] for r in later if str(r.path) in old and r.path.exists()]
+        manifest = {
+            "dataset": params.dataset.name,
+            "format": params.dataset.format,
+            "files": entries + kept,
+            "complete": complete,
+        }
+        write_json(manifest, manifest_path)
+        return manifest
+
     if params.dataset.format == "synthetic":
         s = params.synthetic
         domains = list(params.dataset.domains)
@@ -76,7 +94,8 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
                 entries.append(_entry(RawFile(domain, kind, f"synthetic:seed={s.seed}", path)))
     else:
         dl = params.download
-        for raw in plan(params, raw_dir):
+        planned = plan(params, raw_dir)
+        for i, raw in enumerate(planned):
             prev = old.get(str(raw.path))
             if _is_remote(raw.url) and _finished(raw, prev):
                 log.info(
@@ -85,7 +104,7 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
                     prev["size"],
                     prev["sha256"][:12],
                 )
-                entries.append(prev)
+                entries.append({**prev, "verified": True})
                 continue
             log.info(
                 "%s %s -> %s", "fetching" if _is_remote(raw.url) else "copying", raw.url, raw.path
@@ -96,10 +115,11 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
                 retries=dl.retries,
                 backoff=dl.backoff_seconds,
                 timeout=dl.timeout_seconds,
+                check=check_gzip,
             )
             entries.append(_entry(raw, result.size, result.sha256))
-    manifest = {"dataset": params.dataset.name, "format": params.dataset.format, "files": entries}
-    write_json(manifest, manifest_path)
+            record(False, planned[i + 1 :])
+    manifest = record(True)
     log.info("wrote %s (%d files)", manifest_path, len(entries))
     return manifest
 
@@ -112,12 +132,24 @@ def _old_entries(path: Path) -> list[dict]:
 
 
 def _finished(raw: RawFile, prev: dict | None) -> bool:
-    return (
+    """Listed with this URL and size, and its content checked (now, if it never was)."""
+    if not (
         prev is not None
         and prev.get("url") == raw.url
         and raw.path.exists()
         and raw.path.stat().st_size == prev.get("size")
-    )
+    ):
+        return False
+    if prev.get("verified"):
+        return True
+    problem = check_gzip(raw.path)
+    if problem is None and sha256_file(raw.path) != prev.get("sha256"):
+        problem = "its sha256 is not the one listed"
+    if problem:
+        log.warning("%s: %s; fetching it again", raw.path, problem)
+        raw.path.unlink()
+        return False
+    return True
 
 
 def _entry(raw: RawFile, size: int | None = None, sha256: str | None = None) -> dict:
@@ -129,6 +161,7 @@ def _entry(raw: RawFile, size: int | None = None, sha256: str | None = None) -> 
         "path": str(raw.path),
         "size": raw.path.stat().st_size if size is None else size,
         "sha256": sha256_file(raw.path) if sha256 is None else sha256,
+        "verified": True,  # generated here, or fetched and checked (io.fetch)
     }
 
 

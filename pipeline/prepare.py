@@ -52,12 +52,24 @@ PARAMS = ("dataset", "prepare")  # read here; dvc.yaml lists the same
 def prepare(
     params: Params, manifest_path: Path = paths.MANIFEST, out_dir: Path = paths.PREPARED
 ) -> dict:
-    manifest = read_json(manifest_path)
+    try:
+        manifest = read_json(manifest_path)
+    except FileNotFoundError:
+        raise InputError("not found: run `dvc repro download` first", path=manifest_path) from None
+    except ValueError as exc:
+        raise InputError(
+            f"unreadable ({exc}): run `dvc repro download`", path=manifest_path
+        ) from None
     fmt, prep, dataset = manifest["format"], params.prepare, params.dataset
     if fmt != dataset.format:
         raise InputError(
             f"was written for format '{fmt}' but dataset.format is '{dataset.format}': "
             "run `dvc repro download` first",
+            path=manifest_path,
+        )
+    if not manifest.get("complete", True):
+        raise InputError(
+            "lists the files of a download that did not finish: run `dvc repro download`",
             path=manifest_path,
         )
     entries = {(e["domain"], e["kind"]): e for e in manifest["files"]}

@@ -3,6 +3,9 @@ messages they get. Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import json
 import shutil
 import zipfile
@@ -11,9 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline import download, prepare
 from pipeline.cdr import store
+from pipeline.config import load_params
+from pipeline.errors import InputError
+from pipeline.io import read_json, write_json
+from pipeline.io.fetch import FetchError
 from pipeline.recs import trained
+from tests.conftest import write_params
 from tests.faults import make_project, run_stage
+from tests.records import meta2023, review2023
 
 DATE = "2024-03-01"
 
@@ -141,3 +151,111 @@ def test_model_files_hold_no_timings_so_the_same_weights_give_the_same_files(pro
     assert set(timings["train_seconds"]) == set(
         json.loads((a / "manifest.json").read_text())["methods"]
     )
+
+
+# --------------------------------------------------------------------------- downloads
+def _gz(lines: list[str]) -> bytes:
+    return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+
+
+MIRROR = {
+    "review_categories/Books.jsonl.gz": _gz(
+        [review2023(f"u{i}", f"b{i % 7}", 4.0) for i in range(3000)]
+    ),
+    "meta_categories/meta_Books.jsonl.gz": _gz([meta2023(f"b{i}") for i in range(7)]),
+    "review_categories/Movies_and_TV.jsonl.gz": _gz(
+        [review2023(f"u{i}", f"m{i % 5}", 5.0) for i in range(0, 3000, 3)]
+    ),
+    "meta_categories/meta_Movies_and_TV.jsonl.gz": _gz([meta2023(f"m{i}") for i in range(5)]),
+}
+REVIEWS = "review_categories/Books.jsonl.gz"
+
+
+def amazon_params(workdir: Path, base_url: str):
+    write_params(
+        workdir / "params.yaml",
+        dataset={
+            "name": "mini",
+            "format": "amazon2023",
+            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
+        },
+        download={"base_url": base_url, "backoff_seconds": 0.0, "retries": 2},
+    )
+    return load_params(workdir / "params.yaml")
+
+
+def serve(server, **overrides: bytes) -> None:
+    for path, data in MIRROR.items():
+        server.add(path, overrides.get(path, data))
+
+
+def test_a_truncated_download_is_never_promoted_and_a_good_server_replaces_it(workdir, http_server):
+    """A server that sends half the file with a matching short Content-Length."""
+    half = MIRROR[REVIEWS][: len(MIRROR[REVIEWS]) // 2]
+    serve(http_server, **{REVIEWS: half})
+    params = amazon_params(workdir, http_server.url(""))
+    with pytest.raises(FetchError, match=r"truncated gzip file.*Books\.jsonl\.gz"):
+        download.download(params)
+    raw = workdir / "data/raw/books/reviews.jsonl.gz"
+    assert not raw.exists() and not raw.with_name(raw.name + ".part").exists()
+    serve(http_server)
+    download.download(params)
+    assert raw.read_bytes() == MIRROR[REVIEWS]
+
+
+def test_a_listed_file_without_a_check_is_checked_again(workdir, http_server):
+    """A manifest of an older version listed a truncated file by its size only."""
+    serve(http_server)
+    params = amazon_params(workdir, http_server.url(""))
+    download.download(params)
+    raw = workdir / "data/raw/books/reviews.jsonl.gz"
+    half = MIRROR[REVIEWS][: len(MIRROR[REVIEWS]) // 2]
+    raw.write_bytes(half)
+    manifest = read_json(workdir / "data/raw/manifest.json")
+    for entry in manifest["files"]:
+        del entry["verified"]
+        if entry["path"] == "data/raw/books/reviews.jsonl.gz":
+            entry.update(size=len(half), sha256=hashlib.sha256(half).hexdigest())
+    write_json(manifest, workdir / "data/raw/manifest.json")
+    before = len(http_server.requests_for(REVIEWS))
+    download.download(params)
+    assert raw.read_bytes() == MIRROR[REVIEWS]
+    assert len(http_server.requests_for(REVIEWS)) == before + 1
+    # the intact files were checked, not fetched again
+    assert all(len(http_server.requests_for(p)) == 1 for p in MIRROR if p != REVIEWS)
+
+
+def test_a_failure_on_a_later_file_keeps_the_files_already_downloaded(workdir, http_server):
+    last = "meta_categories/meta_Movies_and_TV.jsonl.gz"
+    serve(http_server)
+    http_server.add(last, MIRROR[last], status=500)
+    params = amazon_params(workdir, http_server.url(""))
+    with pytest.raises(FetchError, match="HTTP 500"):
+        download.download(params)
+    manifest = read_json(workdir / "data/raw/manifest.json")
+    assert manifest["complete"] is False and len(manifest["files"]) == 3
+    with pytest.raises(InputError, match="download that did not finish"):
+        prepare.prepare(load_params(workdir / "params.yaml"))
+    http_server.add(last, MIRROR[last])
+    download.download(params)
+    assert all(len(http_server.requests_for(p)) == 1 for p in MIRROR if p != last)
+    assert read_json(workdir / "data/raw/manifest.json")["complete"] is True
+
+
+def test_a_published_sha256_that_does_not_match_is_refused(workdir, http_server):
+    serve(http_server)
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    http_server.add(REVIEWS, MIRROR[REVIEWS], headers={"Repr-Digest": f"sha-256=:{wrong}:"})
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        download.download(amazon_params(workdir, http_server.url("")))
+    assert not (workdir / "data/raw/books/reviews.jsonl.gz").exists()
+
+
+def test_a_truncated_gzip_in_prepare_names_the_file(workdir, http_server):
+    serve(http_server)
+    params = amazon_params(workdir, http_server.url(""))
+    download.download(params)
+    raw = workdir / "data/raw/books/reviews.jsonl.gz"
+    raw.write_bytes(raw.read_bytes()[:2000])
+    code, err = run_stage("prepare", [], workdir)
+    one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", "truncated", "dvc repro download")

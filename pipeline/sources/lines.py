@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import DamageLog
+from pipeline.errors import DamageLog, InputError
 
 BATCH_ROWS = 65_536
 
@@ -34,17 +35,30 @@ def open_binary(path: str | Path):
 
 
 def iter_lines(path: str | Path, damage: DamageLog) -> Iterator[tuple[int, str]]:
-    """(line number, decoded text) for every non-blank line; non-UTF-8 lines are skipped."""
-    with open_binary(path) as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                damage.skip(number, None, f"not valid UTF-8 (byte {exc.start})", "not_utf8")
-                continue
-            yield number, text
+    """(line number, decoded text) for every non-blank line; non-UTF-8 lines are skipped. A
+    gzip file that is cut short or corrupt fails with :class:`InputError` naming the file and
+    the last line read: the rest of the file is lost, so nothing of it is used."""
+    number = 0
+    try:
+        with open_binary(path) as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    damage.skip(number, None, f"not valid UTF-8 (byte {exc.start})", "not_utf8")
+                    continue
+                yield number, text
+    except EOFError:
+        reason = "the gzip file is truncated (it ends before the gzip end marker)"
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        reason = f"the gzip file is corrupt ({exc})"
+    else:
+        return
+    raise InputError(
+        f"{reason} after line {number}: download it again (`dvc repro download`)", path=path
+    )
 
 
 def batches(
