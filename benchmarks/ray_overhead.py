@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                 ray.shutdown()
             ok = "yes" if same(out["local"], out["ray"]) else "NO"
             rows.append(
-                f"| {stage} | {n} | {local:.1f} | {cold:.1f} | {warm:.1f} | {cold / local:.2f}x "
+                f"| {stage} | {n} | {local:.2f} | {cold:.2f} | {warm:.2f} | {cold / local:.2f}x "
                 f"| {warm / local:.2f}x | {ok} |"
             )
             print("\n".join([header, *rows]), flush=True)  # each stage as soon as it is done
