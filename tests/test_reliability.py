@@ -7,10 +7,13 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import shutil
+import stat
 import zipfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
@@ -22,7 +25,7 @@ from pipeline.io import read_json, write_json
 from pipeline.io.fetch import FetchError
 from pipeline.recs import trained
 from tests.conftest import write_params
-from tests.faults import make_project, run_stage
+from tests.faults import copy_project, make_project, run_stage
 from tests.records import meta2023, review2023
 
 DATE = "2024-03-01"
@@ -259,3 +262,140 @@ def test_a_truncated_gzip_in_prepare_names_the_file(workdir, http_server):
     raw.write_bytes(raw.read_bytes()[:2000])
     code, err = run_stage("prepare", [], workdir)
     one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", "truncated", "dvc repro download")
+
+
+# --------------------------------------------------------------------------- bad inputs
+@pytest.fixture
+def scratch(project, tmp_path) -> Path:
+    """A copy of the trained project to damage."""
+    return copy_project(project, tmp_path / "scratch")
+
+
+def test_no_method_to_train_is_refused_at_stage_start(scratch):
+    for stage in ("train", "evaluate", "score"):
+        code, err = run_stage(stage, ["-S", "train.methods=[]"], scratch)
+        one_line_error(code, err, "train.methods", "at least one method")
+    assert not (scratch / "metrics/cold_start.json").exists()
+
+
+@pytest.mark.parametrize(
+    "stage, damaged",
+    [
+        ("split", "data/prepared/users.parquet"),
+        ("train", "data/prepared/interactions.parquet"),
+        ("train", "data/split/roles.parquet"),
+        ("score", "data/prepared/interactions.parquet"),
+    ],
+)
+def test_a_truncated_parquet_input_names_the_file(scratch, stage, damaged):
+    path = scratch / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    one_line_error(*run_stage(stage, [], scratch), damaged, "cannot be read")
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("users.csv", b"", "is empty"),
+        ("users.parquet", b"PAR1 not really", "cannot be read"),
+        ("users.csv", b"id\nu1\n", "missing column(s) ['user_id']; expected a Parquet or CSV"),
+        ("users.json", b"[]", "expected a Parquet or CSV file with a user_id column, or a .txt"),
+    ],
+)
+def test_a_bad_users_file_names_the_file(scratch, name, content, expected):
+    users = scratch / name
+    users.write_bytes(content)
+    code, err = run_stage("score", ["--users", str(users), "--out", "out"], scratch)
+    one_line_error(code, err, str(users), expected)
+
+
+def test_a_truncated_interactions_file_for_scoring_names_the_file(scratch):
+    fresh = scratch / "fresh.parquet"
+    data = (scratch / "data/prepared/interactions.parquet").read_bytes()
+    fresh.write_bytes(data[: len(data) // 2])
+    (scratch / "users.txt").write_text("u1\n")
+    args = ["--users", "users.txt", "--interactions", str(fresh), "--out", "out"]
+    one_line_error(*run_stage("score", args, scratch), str(fresh), "cannot be read")
+
+
+def test_out_pointing_at_a_file_is_a_one_line_error(scratch):
+    (scratch / "taken").write_text("not a directory")
+    code, err = run_stage("score", ["--out", "taken"], scratch)
+    one_line_error(code, err, "taken", "not a directory")
+
+
+# --------------------------------------------------------------------------- users files
+def _cold(project: Path, n: int) -> list[str]:
+    roles = pl.read_parquet(project / "data/split/roles.parquet")
+    return sorted(roles.filter(pl.col("role") == "test_cold")["user_id"])[:n]
+
+
+def _rejects(root: Path, out: str = "out") -> dict:
+    df = pl.read_parquet(root / out / f"dt={DATE}" / "rejects.parquet")
+    return dict(zip(df["user_id"], df["reason"], strict=True))
+
+
+def _scored(root: Path, out: str = "out") -> list[str]:
+    df = pl.read_parquet(root / out / f"dt={DATE}" / "part-*.parquet")
+    return sorted(df["user_id"].unique())
+
+
+def test_users_file_ids_are_trimmed_and_blank_ids_are_missing(scratch):
+    a, b = _cold(scratch, 2)
+    (scratch / "users.csv").write_text(f"user_id\n  {a}\n{b}\t\n   \n\n")
+    code, err = run_stage("score", ["--users", "users.csv", "--out", "out"], scratch)
+    assert code == 0, err
+    assert _scored(scratch) == [a, b]
+    manifest = json.loads((scratch / "out" / f"dt={DATE}" / "manifest.json").read_text())
+    assert manifest["rejected_by_reason"] == {"missing_user_id": 2}
+
+
+def test_a_text_file_with_one_id_per_line_is_a_users_file(scratch):
+    a, b = _cold(scratch, 2)
+    (scratch / "users.txt").write_text(f"\ufeff{a}\r\n# a comment\r\n\r\n{b}\r\nNOBODY\r\n")
+    code, err = run_stage("score", ["--users", "users.txt", "--out", "out"], scratch)
+    assert code == 0, err
+    assert _scored(scratch) == [a, b] and _rejects(scratch) == {"NOBODY": "unknown_user"}
+
+
+def test_a_new_user_whose_source_rows_have_no_rating_is_told_so(scratch):
+    inter = pl.read_parquet(scratch / "data/prepared/interactions.parquet")
+    item = inter.filter(pl.col("domain") == "books")["item_id"][0]
+    rows = pl.DataFrame(
+        {
+            "user_id": ["NEW"] * 2,
+            "item_id": [item] * 2,
+            "domain": ["books"] * 2,
+            "rating": [None] * 2,
+        },
+        schema_overrides={"rating": pl.Float32},
+    )
+    rows.write_csv(scratch / "fresh.csv")
+    (scratch / "users.txt").write_text("NEW\n")
+    args = ["--users", "users.txt", "--interactions", "fresh.csv", "--out", "out"]
+    code, err = run_stage("score", args, scratch)
+    assert code == 0, err
+    assert _rejects(scratch) == {"NEW": "no_rated_source_items"}
+
+
+def test_a_scoring_run_removes_what_killed_runs_of_other_dates_left(scratch):
+    out = scratch / "out"
+    (out / ".dt=2024-01-01.abc123.tmp").mkdir(parents=True)
+    (out / ".dt=2024-01-01.abc123.tmp" / "part-00000.parquet").write_bytes(b"half")
+    (out / ".dt=2024-01-02.old").mkdir()
+    (out / ".dt=2024-01-02.old" / "_SUCCESS").write_text("")
+    code, err = run_stage("score", ["--out", "out"], scratch)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["dt=2024-01-02", f"dt={DATE}"]
+
+
+def test_outputs_get_the_usual_permissions(scratch):
+    assert run_stage("user_profiles", [], scratch)[0] == 0
+    assert run_stage("score", [], scratch)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for rel in ("data/models", "data/features/users", f"data/scores/dt={DATE}"):
+        path = scratch / rel
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask, rel
+        for file in path.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file

@@ -18,6 +18,7 @@ from pipeline.cdr.configs import TrainParams
 from pipeline.cdr.data import CDRData
 from pipeline.cdr.methods import METHODS
 from pipeline.errors import PipelineError
+from pipeline.io import read_parquet
 
 log = logging.getLogger("features")
 
@@ -62,7 +63,7 @@ def load_profiles(data: CDRData, store: Path) -> np.ndarray:
     parts = sorted(Path(store).glob("part-*.parquet"))
     if not parts:
         raise PipelineError(f"{store}: no user profiles (run `dvc repro user_profiles`)")
-    frame = pl.concat([pl.read_parquet(p, columns=["user_id", "profile_emb"]) for p in parts])
+    frame = pl.concat([read_parquet(p, columns=["user_id", "profile_emb"]) for p in parts])
     vectors = _vectors(frame, "profile_emb", store)
     out, found = align(data.user_ids, frame["user_id"].to_list(), vectors)
     log.info("profiles: %d of %d users have one", found, data.n_users)
@@ -72,7 +73,7 @@ def load_profiles(data: CDRData, store: Path) -> np.ndarray:
 def load_item_features(data: CDRData, store: Path, source: str) -> np.ndarray:
     if not Path(store).exists():
         raise PipelineError(f"{store}: no item features (run `dvc repro item_features`)")
-    frame = pl.read_parquet(store).filter(pl.col("domain") == source)
+    frame = read_parquet(store).filter(pl.col("domain") == source)
     vectors = _vectors(frame, ITEM_VECTOR, Path(store))
     out, found = align(data.src_item_ids, frame["item_id"].to_list(), vectors)
     log.info("item features: %d of %d source items", found, data.n_src_items)

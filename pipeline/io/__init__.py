@@ -24,6 +24,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import InputError
+
 META_KEY = b"coldstart_cdr"
 _TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
@@ -145,6 +147,20 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def read_id_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, id)`` of a text file with one id per line: UTF-8 (a BOM is dropped),
+    any line ending, surrounding spaces trimmed; blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        value = raw.strip()
+        if value and not value.startswith("#"):
+            yield number, value
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -260,10 +276,24 @@ def read_meta(path: str | Path) -> dict:
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A Parquet file (or a directory / glob of parts); a file that is truncated, not
+    Parquet, or lacks a column is an :class:`~pipeline.errors.InputError` naming it."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not any(c in str(path) for c in "*?["):
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
-    return pl.read_parquet(path, columns=columns)
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as exc:
+        raise unreadable(path, exc, "run the stage that writes it again") from None
+
+
+def unreadable(path: str | Path, exc: BaseException, hint: str) -> InputError:
+    """The one-line error of a table that cannot be read (truncated, not Parquet or CSV, no
+    such column): the file, the reader's first line, and what to do."""
+    first = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return InputError(f"cannot be read ({type(exc).__name__}: {first}); {hint}", path=path)
 
 
 # --------------------------------------------------------------------------- hashing

@@ -20,7 +20,12 @@ def locked(directory: str | Path, holder: str = "another run") -> Iterator[None]
     run never leaves it behind.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PipelineError(f"{directory}: exists and is not a directory") from None
+    except OSError as exc:
+        raise PipelineError(f"{directory}: cannot be created ({exc.strerror})") from None
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:

@@ -3,14 +3,16 @@
 The partition is built in a hidden temporary directory beside it, then swapped in by two
 renames (:func:`pipeline.io.atomic_dir`: the old one moved aside, the new one in, the old one
 deleted), so a run that crashes or is killed leaves the previous partition of that date
-complete; the next run puts back a partition a killed swap left aside and removes the
-leftovers. One run at a time per output directory (:mod:`pipeline.io.lock`).
+complete; the next run (of any date) puts back a partition a killed swap left aside and removes
+the leftovers of every date. One run at a time per output directory, whatever its date
+(:mod:`pipeline.io.lock`): a second run fails at once, naming the directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from pipeline.recs.plan import REASONS
 
 log = logging.getLogger("score")
 
+_LEFTOVER = re.compile(r"^\.dt=(\d{4}-\d{2}-\d{2})\.(?:old|.+\.tmp)$")
 REJECTS_SCHEMA = pa.schema([("user_id", pa.string()), ("reason", pa.string())])
 SUCCESS = "_SUCCESS"
 
@@ -41,14 +44,17 @@ def building(out: Path, date: str) -> Iterator[Path]:
 
 
 def recover(out: Path, date: str) -> None:
-    """Undo what a killed run left: put back a complete partition its swap had moved aside,
-    delete half-built temporary ones. Only under the lock (:func:`building` takes it)."""
-    path = Path(out) / partition_name(date)
-    recovered = recover_dir(path, complete=lambda d: (d / SUCCESS).exists())
-    if recovered.restored:
-        log.warning("%s: restored the previous partition left aside by a killed run", path)
-    for leftover in recovered.removed:
-        log.info("removed %s (left by an interrupted run)", leftover)
+    """Undo what killed runs left, for ``date`` and every other date: put back a complete
+    partition a swap had moved aside, delete half-built temporary ones. Only under the lock
+    (:func:`building` takes it)."""
+    dates = {date} | {m.group(1) for p in Path(out).glob(".dt=*") if (m := _LEFTOVER.match(p.name))}
+    for each in sorted(dates):
+        path = Path(out) / partition_name(each)
+        recovered = recover_dir(path, complete=lambda d: (d / SUCCESS).exists())
+        if recovered.restored:
+            log.warning("%s: restored the previous partition left aside by a killed run", path)
+        for leftover in recovered.removed:
+            log.info("removed %s (left by an interrupted run)", leftover)
 
 
 def write_rejects(directory: Path, rejects: Sequence[tuple[str | None, str]]) -> dict[str, int]:

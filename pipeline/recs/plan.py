@@ -9,6 +9,7 @@ of :data:`REASONS`; nobody is dropped silently.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,24 +17,37 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from pipeline.cdr import foldin
 from pipeline.cdr.data import CDRData
 from pipeline.cdr.methods import FitContext
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
+from pipeline.io import read_id_lines, unreadable
+
+log = logging.getLogger("score")
 
 REASONS = {
     "missing_user_id": "empty user id in the users file",
     "unknown_user": "in neither the training data nor the interactions given",
     "no_source_history": "no source-domain interactions",
     "no_known_source_items": "source interactions only with items the models do not know",
+    "no_rated_source_items": "source interactions with known items, none of them with a rating",
     "fold_in_failed": "new user, and the method could not be rebuilt with new users",
     "fold_in_unsupported": "new user, and the method declares it cannot fold users in",
     "non_finite_scores": "the method produced a non-finite vector for the user",
 }
 
 
-def _read_table(path: Path, columns: Sequence[str], what: str) -> pl.LazyFrame:
+USERS_FORMATS = (
+    "a Parquet or CSV file with a user_id column, or a .txt file with one user id per line"
+)
+_TABLE_ERRORS = (pl.exceptions.PolarsError, OSError, pa.ArrowException)
+
+
+def _read_table(
+    path: Path, columns: Sequence[str], what: str, expected: str = "a .parquet or .csv file"
+) -> pl.LazyFrame:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{what} {path} does not exist")
@@ -42,17 +56,42 @@ def _read_table(path: Path, columns: Sequence[str], what: str) -> pl.LazyFrame:
     elif path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         frame = pl.scan_parquet(path)
     else:
-        raise PipelineError(f"{what} {path}: expected a .parquet or .csv file")
-    missing = [c for c in columns if c not in frame.collect_schema().names()]
+        raise PipelineError(f"{what} {path}: expected {expected}")
+    try:
+        names = frame.collect_schema().names()
+    except pl.exceptions.NoDataError:
+        raise InputError(f"the {what} is empty (no header)", path=path) from None
+    except _TABLE_ERRORS as exc:
+        raise unreadable(path, exc, f"check the {what}") from None
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise PipelineError(f"{what} {path}: missing column(s) {missing}")
+        raise PipelineError(f"{what} {path}: missing column(s) {missing}; expected {expected}")
     return frame
 
 
+def _collect(frame: pl.LazyFrame, path: Path, what: str) -> pl.DataFrame:
+    try:
+        return frame.collect()
+    except _TABLE_ERRORS as exc:
+        raise unreadable(path, exc, f"check the {what}") from None
+
+
 def read_users(path: Path) -> list[str | None]:
-    """The ``user_id`` column of a Parquet or CSV file, as strings (nulls kept)."""
-    frame = _read_table(path, ["user_id"], "users file")
-    return frame.select(pl.col("user_id").cast(pl.String)).collect()["user_id"].to_list()
+    """The requested user ids, as strings: the ``user_id`` column of a Parquet or CSV file
+    (an empty or null id stays, to be rejected as ``missing_user_id``), or the lines of a
+    ``.txt`` file (:func:`pipeline.io.read_id_lines`). Spaces around an id are trimmed."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise PipelineError(f"users file {path} does not exist")
+        return [user for _, user in read_id_lines(path)]
+    frame = _read_table(path, ["user_id"], "users file", USERS_FORMATS)
+    raw = pl.col("user_id").cast(pl.String)
+    users = _collect(frame.select(raw, trimmed=raw.str.strip_chars()), path, "users file")
+    changed = int((users["user_id"] != users["trimmed"]).sum())
+    if changed:
+        log.warning("%s: %d user ids had spaces around them; trimmed", path, changed)
+    return users["trimmed"].to_list()
 
 
 def read_interactions(
@@ -63,16 +102,13 @@ def read_interactions(
     frame = _read_table(path, ["user_id", "item_id", "domain"], "interactions")
     if "rating" not in frame.collect_schema().names():
         frame = frame.with_columns(rating=pl.lit(None, pl.Float32))
-    return (
-        frame.select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("item_id").cast(pl.String),
-            pl.col("domain").cast(pl.String),
-            pl.col("rating").cast(pl.Float32),
-        )
-        .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
-        .collect()
-    )
+    query = frame.select(
+        pl.col("user_id").cast(pl.String).str.strip_chars(),
+        pl.col("item_id").cast(pl.String),
+        pl.col("domain").cast(pl.String),
+        pl.col("rating").cast(pl.Float32),
+    ).filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
+    return _collect(query, path, "interactions")
 
 
 @dataclass
@@ -130,6 +166,7 @@ def plan(
 
     n_src_rows = np.zeros(len(ids), dtype=np.int64)  # fresh source rows, any item
     in_fresh = np.zeros(len(ids), dtype=bool)
+    n_known_src = np.zeros(len(ids), dtype=np.int64)  # of those, on items the models know
     src_rows = tgt_rows = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     if fresh is not None and fresh.height:
         row = _index(ids, fresh["user_id"].to_numpy().astype(str))
@@ -141,6 +178,7 @@ def plan(
         n_src_rows = np.bincount(row[is_src], minlength=len(ids))
         src_item = _index(data.src_item_ids, items)
         usable = is_src & (src_item >= 0)
+        n_known_src = np.bincount(row[usable], minlength=len(ids))
         if data.explicit:
             counts["source_rows_without_rating"] = int((usable & np.isnan(rating)).sum())
             usable &= ~np.isnan(rating)
@@ -157,7 +195,9 @@ def plan(
     fold = ~trained_source & (usable_src > 0)
     scored = trained_source | fold
     for i in np.flatnonzero(~scored):
-        if n_src_rows[i] > 0:
+        if n_known_src[i] > 0:
+            reason = "no_rated_source_items"
+        elif n_src_rows[i] > 0:
             reason = "no_known_source_items"
         elif known[i] >= 0 or in_fresh[i]:
             reason = "no_source_history"

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.config.split import SplitParams
 from pipeline.errors import InputError
+from pipeline.io import read_id_lines
 
 
 def read_user_file(path: str | Path, known: set[str], what: str) -> list[str]:
@@ -17,10 +18,7 @@ def read_user_file(path: str | Path, known: set[str], what: str) -> list[str]:
     if not path.exists():
         raise InputError(f"{what} file not found", path=path)
     users, seen = [], set()
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        user = raw.strip()
-        if not user or user.startswith("#"):
-            continue
+    for number, user in read_id_lines(path):
         if user not in known:
             raise InputError(
                 f"user '{user}' is not an overlapping user of this pair (it must have history in "
