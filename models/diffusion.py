@@ -1,8 +1,8 @@
 """Gaussian diffusion over user vectors, with diffusers' schedulers doing the noise schedule.
 
 The denoising network never sees the schedule: :class:`VectorDiffusion` noises with
-``DDPMScheduler.add_noise`` for training and samples with a multistep solver
-(``DPMSolverMultistepScheduler`` or ``DDIMScheduler``) for generation. Classifier-free
+``DDPMScheduler.add_noise`` for training and samples with the multistep DPM-Solver++
+(``DPMSolverMultistepScheduler``, Lu et al. 2022, arXiv 2211.01095) for generation. Classifier-free
 guidance (Ho & Salimans, 2022, arXiv 2207.12598) mixes the conditional and unconditional
 predictions: ``eps = eps_uncond + s * (eps_cond - eps_uncond)``.
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
-
-SAMPLERS = ("dpmsolver++", "ddim")
 
 
 class VectorDiffusion:
@@ -39,7 +37,6 @@ class VectorDiffusion:
             clip_sample=False,
         )
         self.prediction_type = prediction_type
-        self.alphas_cumprod = self.train.alphas_cumprod.float()
 
     @property
     def num_train_timesteps(self) -> int:
@@ -55,29 +52,15 @@ class VectorDiffusion:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
         return self.train.add_noise(x0, noise, t), noise
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """What the network should output for this prediction type."""
-        return noise if self.prediction_type == "epsilon" else x0
-
-    def predict_x0(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean vector implied by a network output at step t (differentiable)."""
-        if self.prediction_type == "sample":
-            return output
-        a = self.alphas_cumprod[t][:, None]
-        return (x_t - (1 - a).sqrt() * output) / a.sqrt()
-
     # -- generation -------------------------------------------------------------------------
-    def sampler(self, kind: str = "dpmsolver++", steps: int = 30, order: int = 2):
-        """A fresh solver with ``steps`` model evaluations over the training schedule."""
-        config = self.train.config
-        if kind == "ddim":
-            sched = DDIMScheduler.from_config(config, set_alpha_to_one=True)
-        elif kind == "dpmsolver++":
-            sched = DPMSolverMultistepScheduler.from_config(
-                config, algorithm_type=kind, solver_order=order, lower_order_final=True
-            )
-        else:
-            raise ValueError(f"unknown sampler {kind!r}; use one of {SAMPLERS}")
+    def sampler(self, steps: int = 30, order: int = 2) -> DPMSolverMultistepScheduler:
+        """A fresh DPM-Solver++ with ``steps`` model evaluations over the training schedule."""
+        sched = DPMSolverMultistepScheduler.from_config(
+            self.train.config,
+            algorithm_type="dpmsolver++",
+            solver_order=order,
+            lower_order_final=True,
+        )
         sched.set_timesteps(steps)
         return sched
 
@@ -89,7 +72,6 @@ class VectorDiffusion:
         *,
         guidance: float = 1.0,
         steps: int = 30,
-        kind: str = "dpmsolver++",
         order: int = 2,
     ) -> torch.Tensor:
         """Run the reverse process from ``x_T`` (noise, or e.g. the source vector).
@@ -98,7 +80,7 @@ class VectorDiffusion:
         the unconditional branch; with ``guidance`` = 1 only the conditional branch runs.
         Gradients flow through unless the caller disables them.
         """
-        sched = self.sampler(kind, steps, order)
+        sched = self.sampler(steps, order)
         x = x_T * sched.init_noise_sigma
         n = x.shape[0]
         ones, zeros = torch.ones(n), torch.zeros(n)
