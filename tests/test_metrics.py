@@ -88,3 +88,22 @@ def test_positives_are_ratings_of_four_and_above():
     assert [p.tolist() for p in pos] == [[0], [0, 3], []]
     pos = metrics.positives_by_user(users, items, ratings, np.array([5]), explicit=False)
     assert pos[0].tolist() == [0, 1]
+
+
+def test_per_user_values_average_to_the_metrics():
+    from pipeline.recs.metrics import ranking_metrics, rating_errors, rating_errors_by_user
+
+    ranked = np.array([[0, 1, 2], [2, 1, 0], [1, 0, 2]])
+    positives = [np.array([1]), np.array([]), np.array([0, 2])]
+    out = ranking_metrics(ranked, positives, ks=(2,), per_user=True)
+    assert out["users"].tolist() == [0, 2]  # user 1 has no positive: not counted
+    # user 0: hit at rank 2 -> ndcg 1/log2(3); user 2: hit at rank 2 of 2 positives -> idcg 1+1/log2(3)
+    np.testing.assert_allclose(
+        out["per_user"]["ndcg@2"], [1 / np.log2(3), (1 / np.log2(3)) / (1 + 1 / np.log2(3))]
+    )
+    assert out["ndcg@2"] == pytest.approx(out["per_user"]["ndcg@2"].mean())
+    pred, true = np.array([4.0, 3.0, 5.0]), np.array([5.0, 3.0, 3.0])
+    sums = rating_errors_by_user(pred, true, np.array([0, 0, 1]), 3)
+    np.testing.assert_allclose(sums, [[2, 1, 1], [1, 2, 4], [0, 0, 0]])
+    total = rating_errors(pred, true)
+    assert total["mae"] == pytest.approx(sums[:, 1].sum() / sums[:, 0].sum())

@@ -33,12 +33,15 @@ def ranking_metrics(
     positives: list[np.ndarray],
     ks: tuple[int, ...] = KS,
     scored: np.ndarray | None = None,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict:
     """Average NDCG/HR/Recall/MRR@K over users with at least one positive.
 
     ``ranked``: (n_users, >= max(ks)) item indices, best first. ``positives``: per user, the
     relevant item indices. ``scored``: per user, False where the method produced no ranking
-    (that user then scores zero on every metric, but still counts).
+    (that user then scores zero on every metric, but still counts). ``per_user``: also return
+    each counted user's values (``out["per_user"][key]``, in user order; ``out["users"]``: their
+    positions in ``positives``), for paired tests between methods.
     """
     n_users = len(positives)
     if ranked.shape[0] != n_users:
@@ -46,28 +49,44 @@ def ranking_metrics(
     scored = np.ones(n_users, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
     kmax = max(ks)
     discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in RANKING_KEYS}
-    counted = 0
-    for row, pos, ok in zip(ranked, positives, scored, strict=True):
+    values: dict[str, list[float]] = {f"{m}@{k}": [] for k in ks for m in RANKING_KEYS}
+    counted: list[int] = []
+    for u, (row, pos, ok) in enumerate(zip(ranked, positives, scored, strict=True)):
         pos = np.unique(np.asarray(pos))
         if pos.size == 0:
             continue
-        counted += 1
-        if not ok:
-            continue
-        hits = np.isin(row[:kmax], pos)
+        counted.append(u)
+        hits = np.isin(row[:kmax], pos) if ok else np.zeros(kmax, dtype=bool)
         for k in ks:
             h = hits[:k]
             n_hits = int(h.sum())
             ideal = discounts[: min(pos.size, k)].sum()
-            sums[f"ndcg@{k}"] += float((discounts[:k][h]).sum() / ideal)
-            sums[f"hit@{k}"] += float(n_hits > 0)
-            sums[f"recall@{k}"] += n_hits / pos.size
             first = np.flatnonzero(h)
-            sums[f"mrr@{k}"] += 1.0 / (first[0] + 1) if first.size else 0.0
-    out = {key: (value / counted if counted else 0.0) for key, value in sums.items()}
-    out["ranked_users"] = counted
+            values[f"ndcg@{k}"].append(float((discounts[:k][h]).sum() / ideal))
+            values[f"hit@{k}"].append(float(n_hits > 0))
+            values[f"recall@{k}"].append(n_hits / pos.size)
+            values[f"mrr@{k}"].append(1.0 / (first[0] + 1) if first.size else 0.0)
+    out: dict = {key: (float(np.mean(v)) if counted else 0.0) for key, v in values.items()}
+    out["ranked_users"] = len(counted)
+    if per_user:
+        out["per_user"] = {key: np.asarray(v) for key, v in values.items()}
+        out["users"] = np.asarray(counted, dtype=np.int64)
     return out
+
+
+def rating_errors_by_user(pred: np.ndarray, true: np.ndarray, rows: np.ndarray, n_users: int):
+    """Per user (``rows``: each rating's user position, 0..n_users-1): the number of ratings,
+    the sum of absolute errors and the sum of squared errors, (n_users, 3). MAE and RMSE over
+    any set of users follow from these sums (a paired bootstrap resamples users)."""
+    err = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    return np.stack(
+        [
+            np.bincount(rows, minlength=n_users).astype(np.float64),
+            np.bincount(rows, weights=np.abs(err), minlength=n_users),
+            np.bincount(rows, weights=err**2, minlength=n_users),
+        ],
+        1,
+    )
 
 
 def positives_by_user(
