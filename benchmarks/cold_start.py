@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from benchmarks import significance
 from pipeline.cdr import features, harness
 from pipeline.cdr.configs import TrainParams
 from pipeline.cdr.data import build
@@ -159,10 +160,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             data = build(interactions, roles_df, "source", "target")
             tp, extra = condition_inputs(train, data, items, args.profiles)
             start = time.perf_counter()
-            fitted = harness.fit(
-                data, methods, tp.method_configs(), tp.base, seed, tp.threads, extra
-            )
-            results = harness.evaluate(fitted, "test")
+            fitted = harness.fit(data, methods, tp.method_configs(), tp.base, seed, extra)
+            results = harness.evaluate(fitted, "test", per_user=True)
             if args.steps_curve:
                 for row in harness.sampling_steps_curve(fitted, "test", steps=(5, 10, 30)):
                     steps_rows.append({"beta": beta, "seed": seed, **row})
@@ -183,6 +182,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "test_users": int(len(data.cold_users("test"))),
                         "ranked_users": row.get("ranked_users"),
                         "selection": row.get("info"),
+                        # for paired tests between methods (benchmarks/significance.py)
+                        "per_user": row.get("per_user"),
+                        "per_user_errors": row.get("per_user_errors"),
                     }
                 )
             if args.out:
@@ -306,6 +308,10 @@ def main(argv=None) -> int:
         return 1
     print(table(records))
     print()
+    if any(r["method"] == "ours" for r in records):
+        print("ours against the best other method, paired bootstrap over test users:\n")
+        print(significance.table(records))
+        print()
     print(timing_table(records))
     if args.out:
         print(f"\nwrote {len(records)} records to {args.out}")

@@ -40,7 +40,7 @@ def train(params: Params) -> harness.Fitted:
     extra = features.condition_extra(
         data, tp, pair.source, paths.USER_PROFILES, paths.ITEM_FEATURES
     )
-    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, tp.threads, extra)
+    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, extra)
     meta = {
         "dataset": params.dataset.name,
         "source": pair.source,

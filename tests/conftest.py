@@ -108,3 +108,33 @@ def tiny_lm(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# Small base models for the cold-start tests: trained once per session, shared by every test
+# that fits methods on the tiny project (harness.fit(..., base=tiny_base)).
+TINY_MF = {"epochs": 10, "bpr_epochs": 10, "dim": 8, "bpr_dim": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_project):
+    """The tiny project's (books -> movies) cold-start data."""
+    from pipeline.cdr import data as cdr_data
+
+    return cdr_data.load(
+        tiny_project / "data/prepared/interactions.parquet",
+        tiny_project / "data/split/roles.parquet",
+        "books",
+        "movies",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_data):
+    """Base models of :func:`tiny_data` (seed 0, :data:`TINY_MF`)."""
+    import torch
+
+    from pipeline.cdr.base import fit_base_models
+    from pipeline.cdr.configs import MFConfig
+
+    torch.set_num_threads(1)
+    return fit_base_models(tiny_data, MFConfig(**TINY_MF), 0)

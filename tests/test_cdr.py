@@ -6,7 +6,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.cdr import data as cdr_data
 from pipeline.cdr import harness
 from pipeline.cdr.configs import (
     METHOD_NAMES,
@@ -18,23 +17,19 @@ from pipeline.cdr.configs import (
 )
 from pipeline.cdr.data import ROLE_CODES
 from pipeline.cdr.methods import METHODS
+from tests.conftest import TINY_MF
 
 FAST = {
-    "emcdr": EMCDRConfig(epochs=20, eval_every=5),
+    "emcdr": EMCDRConfig(epochs=20),
     "ptupcdr": PTUPCDRConfig(epochs=2),
-    "diffcdr": DiffCDRConfig(epochs=2, sample_steps=5, guidance_grid=[1.0, 2.0]),
+    "diffcdr": DiffCDRConfig(epochs=2, sample_steps=5),
 }
-MF = MFConfig(epochs=10, bpr_epochs=10, dim=8, bpr_dim=8)
+MF = MFConfig(**TINY_MF)
 
 
 @pytest.fixture(scope="module")
-def data(tiny_project):
-    return cdr_data.load(
-        tiny_project / "data/prepared/interactions.parquet",
-        tiny_project / "data/split/roles.parquet",
-        "books",
-        "movies",
-    )
+def data(tiny_data):
+    return tiny_data
 
 
 def test_no_cold_user_target_row_reaches_training(data, tiny_project):
@@ -55,8 +50,8 @@ def test_no_cold_user_target_row_reaches_training(data, tiny_project):
     assert visible.all()
 
 
-def fit_eval(data, names, seed=0):
-    fitted = harness.fit(data, names, FAST, MF, seed)
+def fit_eval(data, names, seed=0, base=None):
+    fitted = harness.fit(data, names, FAST, MF, seed, base=base)
     return harness.evaluate(fitted, "test")
 
 
@@ -65,18 +60,23 @@ def test_every_registered_method_can_be_named_in_params():
     assert TrainParams(methods=list(METHODS)).methods == list(METHODS)
 
 
-def test_every_method_trains_and_scores_every_test_user(data):
+def test_every_method_trains_and_scores_every_test_user(data, tiny_base):
     names = [m for m in METHOD_NAMES if not m.startswith("ours")]  # ours: tests/test_ours.py
-    assert len(names) == 8
-    results = fit_eval(data, names)
+    assert len(names) == 11
+    results = fit_eval(data, names, base=tiny_base)
     assert list(results) == names
     n_ranked = results["popularity"]["ranked_users"]
+    floor = results["global_mean"]["rmse"]
     for name, row in results.items():
         assert row["ranked_users"] == n_ranked, name  # every test user with a positive counts
         assert 0.0 <= row["ndcg@10"] <= 1.0
-        if name != "popularity":
-            assert 0.0 < row["rmse"] < 4.0 and row["mae"] <= row["rmse"]
-    assert results["popularity"]["mae"] is None
+        if name in ("popularity", "cd_ease", "cd_itemknn"):  # ranking only
+            assert row["mae"] is None and row["rmse"] is None, name
+        else:
+            assert row["mae"] <= row["rmse"], name
+            # No worse than the global mean; DiffCDR as published (two epochs here) is allowed
+            # twice that: its sampler is known to drift off the rating scale.
+            assert 0.3 < row["rmse"] <= floor * (2.0 if name == "diffcdr" else 1.0), name
 
 
 def test_same_seed_same_metrics(data):

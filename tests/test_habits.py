@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.cdr.base import SourceView
 from pipeline.cdr.data import Interactions
 from pipeline.cdr.methods import habits
-from pipeline.cdr.methods.base import significant_gain
 
 
 def view(per_user: list[list[float]], bias: list[float]) -> SourceView:
@@ -24,7 +22,7 @@ def view(per_user: list[list[float]], bias: list[float]) -> SourceView:
 
 
 def test_habits_by_hand():
-    x = habits.habits(view([[5, 5, 3], [4, 2], []], [0.3, -0.2, 0.0]))
+    x = habits.habits(view([[5, 5, 3], [4, 2], []], [0.3, -0.2, 0.0]), top=5, low=3)
     assert x.shape == (3, len(habits.HABITS))
     np.testing.assert_allclose(x[0], [0.3, 2 / 3, 1 / 3, np.std([5, 5, 3]), np.log(4)])
     np.testing.assert_allclose(x[1], [-0.2, 0.0, 0.5, 1.0, np.log(3)])
@@ -32,7 +30,7 @@ def test_habits_by_hand():
 
 
 def test_floor_weights_give_the_floor_bias():
-    x = habits.habits(view([[5, 5, 3], [4, 2]], [0.3, -0.2]))
+    x = habits.habits(view([[5, 5, 3], [4, 2]], [0.3, -0.2]), top=5, low=3)
     np.testing.assert_allclose(habits.apply_readout(x, habits.floor_weights()), [0.3, -0.2])
 
 
@@ -74,12 +72,22 @@ def test_readout_is_fitted_on_the_given_users_only():
     assert a == b
 
 
-def test_a_gain_counts_only_beyond_noise():
-    rng = np.random.default_rng(2)
-    users = torch.as_tensor(np.repeat(np.arange(100), 20))
-    ref = torch.as_tensor(rng.normal(0, 1.0, len(users)))
-    clearly_better = ref * 0.8
-    assert significant_gain(clearly_better, ref, users) < 0
-    noise = ref + torch.as_tensor(rng.normal(0, 0.05, len(users)))
-    assert significant_gain(noise, ref, users) == 0.0
-    assert significant_gain(ref * 1.2, ref, users) == 0.0  # worse is never a gain
+def test_readout_against_shrunk_item_means():
+    """With a prior strength k the bias is measured against each item's mean over the other
+    raters shrunk towards the global mean as if by k more ratings (by hand: no habits, so the
+    readout is the intercept, the mean residual)."""
+    # Item 0: rated 5 by users 0-1; item 1: rated 3 by users 2-39. Global mean 3.1.
+    user = np.arange(40)
+    item = np.where(user < 2, 0, 1)
+    rating = np.where(user < 2, 5.0, 3.0)
+    train = Interactions(user, item, rating)
+    x = np.zeros((40, len(habits.HABITS)))
+    # Raw: every rating equals its item's other raters' mean.
+    assert habits.fit_readout(x, train, user)[-1] == pytest.approx(0.0, abs=1e-9)
+    mu, k = 3.1, 1.0
+    resid_0 = 5.0 - (5.0 + k * mu) / (1 + k)  # one other rater
+    resid_1 = 3.0 - (37 * 3.0 + k * mu) / (37 + k)
+    expected = (2 * resid_0 + 38 * resid_1) / 40
+    assert habits.fit_readout(x, train, user, prior_strength=k)[-1] == pytest.approx(
+        expected, abs=1e-5
+    )

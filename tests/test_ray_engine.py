@@ -37,8 +37,8 @@ RAY = {"actors": 2, "cpus_per_actor": 0.5}
 TRAIN = {
     "methods": ["popularity", "emcdr", "diffcdr"],
     "base": {"epochs": 5, "bpr_epochs": 5, "dim": 8, "bpr_dim": 8},
-    "emcdr": {"epochs": 10, "eval_every": 5},
-    "diffcdr": {"epochs": 1, "sample_steps": 4, "guidance_grid": [1.0]},
+    "emcdr": {"epochs": 10},
+    "diffcdr": {"epochs": 1, "sample_steps": 4},
 }
 DATE = "2024-03-01"
 

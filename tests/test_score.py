@@ -24,13 +24,23 @@ from pipeline.io.lock import locked
 from pipeline.recs import lists, metrics, partition, trained
 from tests.conftest import ROOT, write_params
 
-METHODS = ["global_mean", "popularity", "item_mean_user_bias", "emcdr", "ptupcdr", "diffcdr"]
+METHODS = [
+    "global_mean",
+    "popularity",
+    "item_mean_user_bias",
+    "cd_ease",
+    "emcdr",
+    "ptupcdr",
+    "diffcdr",
+    "ours",
+]
 TRAIN = {
     "methods": METHODS,
     "base": {"epochs": 10, "bpr_epochs": 10, "dim": 8, "bpr_dim": 8},
-    "emcdr": {"epochs": 20, "eval_every": 5},
+    "emcdr": {"epochs": 20},
     "ptupcdr": {"epochs": 2},
-    "diffcdr": {"epochs": 2, "sample_steps": 5, "guidance_grid": [1.0]},
+    "diffcdr": {"epochs": 2, "sample_steps": 5},
+    "ours": {"epochs": 10, "width": 32, "latent_dim": 16, "rank": 32, "condition": ["habits"]},
 }
 DATE = "2024-03-01"
 
@@ -57,7 +67,7 @@ def project(tiny_project, tmp_path_factory) -> Path:
         train.train(load_params("params.yaml"))
         valid = {m: {"ndcg@10": 0.1} for m in METHODS}
         valid["emcdr"]["ndcg@10"] = 0.2
-        (root / "metrics").mkdir()
+        (root / "metrics").mkdir(exist_ok=True)
         (root / "metrics/cold_start_valid.json").write_text(json.dumps(valid))
     finally:
         os.chdir(old)
@@ -85,7 +95,9 @@ def load_fitted(project: Path):
         "books",
         "movies",
     )
-    return data, store.load(project / "data/models", data, load_params("params.yaml").train)
+    return data, store.load(
+        project / "data/models", data, load_params(project / "params.yaml").train
+    )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -129,7 +141,9 @@ def test_stage_writes_schema_ordering_manifest_and_marker(project, monkeypatch):
     assert pl.read_parquet(part_dir / "rejects.parquet").height == 0
 
 
-@pytest.mark.parametrize("method", ["global_mean", "popularity", "emcdr", "diffcdr"])
+@pytest.mark.parametrize(
+    "method", ["global_mean", "popularity", "cd_ease", "emcdr", "diffcdr", "ours"]
+)
 def test_stage_lists_are_the_rankings_evaluate_measured(project, monkeypatch, method):
     """Item for item, on every stage user (valid and test cold), score's lists are the rankings
     evaluate's metrics were computed on (global_mean ties every item: ties by item index)."""
@@ -139,9 +153,9 @@ def test_stage_lists_are_the_rankings_evaluate_measured(project, monkeypatch, me
     measured = []
     real = metrics.ranking_metrics
 
-    def record(ranked, positives, ks=metrics.KS, scored=None):
+    def record(ranked, positives, ks=metrics.KS, scored=None, per_user=False):
         measured.append(ranked)
-        return real(ranked, positives, ks, scored)
+        return real(ranked, positives, ks, scored, per_user)
 
     monkeypatch.setattr(metrics, "ranking_metrics", record)
     only = harness.Fitted(fitted.ctx, {method: fitted.methods[method]})
@@ -216,7 +230,7 @@ def _fresh_with_new_users(project: Path, tmp_path: Path, n: int) -> tuple[list[s
     return test, tmp_path / "fresh.parquet"
 
 
-@pytest.mark.parametrize("method", ["emcdr", "ptupcdr"])
+@pytest.mark.parametrize("method", ["emcdr", "ptupcdr", "cd_ease", "ours"])
 def test_new_user_folded_in_gets_the_list_of_the_same_user_seen_at_training(
     project, monkeypatch, tmp_path, method
 ):

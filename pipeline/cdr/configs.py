@@ -31,7 +31,6 @@ class EMCDRConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(128, ge=1)
-    eval_every: int = Field(5, ge=1)
     patience: int = Field(10, ge=0)  # evaluations without improvement on valid_cold
 
 
@@ -54,7 +53,6 @@ class DiffCDRConfig(BaseModel):
     timesteps: int = Field(1000, ge=10)
     sample_steps: int = Field(30, ge=1)  # DPM-Solver function evaluations
     guidance: float = Field(0.1, ge=0)  # the public default scale
-    guidance_grid: list[float] = [0.1, 0.5, 1.0, 2.0, 4.0]  # tried on validation after training
     cond_drop: float = Field(0.1, ge=0, le=1)
     task_lambda: float = Field(0.1, ge=0)
     epochs: int = Field(20, ge=1)
@@ -63,37 +61,45 @@ class DiffCDRConfig(BaseModel):
     patience: int = Field(3, ge=0)
 
 
-class OursConfig(BaseModel):
-    """The MuSiC-style generator (see pipeline/cdr/methods/ours.py)."""
+class CDEaseConfig(BaseModel):
+    """The cross-domain ridge item map (pipeline/cdr/methods/item_models.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    width: int = Field(128, ge=4)  # denoiser and condition-encoder width
-    depth: int = Field(2, ge=0)  # residual FiLM blocks
-    nonlinear: bool = True  # False: linear denoiser and encoder (ablation)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    condition: list[Literal["source_cf", "source_stats", "profile", "liked_items"]] = [
-        "source_cf",
-        "source_stats",
-    ]  # condition inputs; profile / liked_items need the user_profiles / item_features stores
-    habits: bool = True  # user bias read from the source rating habits, not the mean alone
-    gate_se: float = Field(
-        2.0, ge=0
-    )  # validation changes the rating head only beyond this many SEs
-    side_users: bool = True  # target-only users train the unconditional branch
-    cond_drop: float = Field(0.1, ge=0, le=1)  # overlap users trained unconditionally this often
-    task_loss: bool = True  # rating / ranking losses on the predicted x0 reach the generator
-    task_weight: float = Field(1.0, ge=0)
-    timesteps: int = Field(1000, ge=10)
+    # SVD rank of the overlap users' source rows: exact ridge at the matrix's rank; memory
+    # (n_source_items + n_target_items + n_overlap_users) x rank floats.
+    rank: int = Field(256, ge=1)
+
+
+class CDItemKNNConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    neighbours: int = Field(100, ge=1)  # target items kept per source item (sparse)
+
+
+class OursConfig(BaseModel):
+    """The latent diffusion generator (see pipeline/cdr/methods/ours.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latent_dim: int = Field(128, ge=2)  # target autoencoder latent: what the diffusion generates
+    width: int = Field(256, ge=4)  # condition encoder / denoiser width
+    rank: int = Field(256, ge=1)  # SVD rank of the closed-form item map (as cd_ease.rank)
+    # Condition inputs besides the source history (always used): pooled features of the liked
+    # source items (item_features store), the embedded LLM profile (user_profiles store), the
+    # user's rating habits (explicit data only).
+    condition: list[Literal["liked_items", "profile", "habits"]] = [
+        "liked_items",
+        "profile",
+        "habits",
+    ]
+    item_map: bool = True  # the closed-form item map as the generator's partner expert
+    diffusion: bool = True  # false: the same network as a deterministic regressor (ablation)
+    side_users: bool = True  # target-only users train the autoencoder and the unconditional branch
     sample_steps: int = Field(10, ge=1)  # DPM-Solver++ steps at generation
-    samples: int = Field(8, ge=1)  # draws averaged per user (estimates the conditional mean)
-    epochs: int = Field(200, ge=1)
-    eval_every: int = Field(20, ge=1)  # a selectable checkpoint every this many epochs
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(150, ge=1)  # most epochs; the checkpoint is picked on valid_cold users
+    lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
-    guidance_grid: list[float] = [0.0, 1.0, 2.0, 3.0]  # classifier-free guidance, chosen on valid
-    ranking_grid: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]  # generated score vs popularity
 
 
 METHOD_NAMES = (
@@ -101,15 +107,17 @@ METHOD_NAMES = (
     "popularity",
     "item_mean",
     "item_mean_user_bias",
+    "habit_bias",
     "tgt_mf",
+    "cd_itemknn",
+    "cd_ease",
     "emcdr",
     "ptupcdr",
     "diffcdr",
     "ours",
-    "ours_no_habits",
+    "ours_deterministic",
+    "ours_no_item_map",
     "ours_no_side_users",
-    "ours_no_task_loss",
-    "ours_linear",
     "ours_no_profile",
     "ours_no_item_features",
 )
@@ -121,17 +129,27 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 0  # seeds every model: same seed, same models
-    threads: int = Field(1, ge=1)  # torch CPU threads (small models: 1 is fastest)
-    methods: list[str] = [m for m in METHOD_NAMES if not m.startswith("ours_")]
+    # Every method but the ablations, and the ablations that ask what the diffusion, the
+    # profiles and the item features add.
+    methods: list[str] = [
+        m
+        for m in METHOD_NAMES
+        if not m.startswith("ours_")
+        or m in ("ours_deterministic", "ours_no_profile", "ours_no_item_features")
+    ]
     base: MFConfig = MFConfig()
     emcdr: EMCDRConfig = EMCDRConfig()
     ptupcdr: PTUPCDRConfig = PTUPCDRConfig()
     diffcdr: DiffCDRConfig = DiffCDRConfig()
+    cd_ease: CDEaseConfig = CDEaseConfig()
+    cd_itemknn: CDItemKNNConfig = CDItemKNNConfig()
     ours: OursConfig = OursConfig()  # also the base of the ours_* ablations
 
     @field_validator("methods")
     @classmethod
     def _known(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("name at least one method to train")
         unknown = [m for m in methods if m not in METHOD_NAMES]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {list(METHOD_NAMES)}")

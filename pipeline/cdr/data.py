@@ -8,7 +8,7 @@ cold users' target rows are held out and never reach a training set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -44,10 +44,9 @@ class CDRData:
     tgt_train: Interactions  # target rows of train_overlap and side users only
     tgt_valid: Interactions  # held out: valid_cold users' target rows
     tgt_test: Interactions  # held out: test_cold users' target rows
-    # Optional side information keyed by name (filled by the feature stages).
-    src_item_features: dict[str, np.ndarray] = field(default_factory=dict)
-    tgt_item_features: dict[str, np.ndarray] = field(default_factory=dict)
-    user_features: dict[str, np.ndarray] = field(default_factory=dict)
+    # (lowest, highest) rating of the data (both domains' training rows); predictions are
+    # clipped to it. (1, 1) for implicit feedback.
+    rating_range: tuple[float, float] = (1.0, 5.0)
 
     @property
     def n_users(self) -> int:
@@ -122,6 +121,9 @@ def build(interactions: pl.DataFrame, roles: pl.DataFrame, source: str, target: 
         tgt_valid=tgt.select(tgt_role == ROLE_CODES["valid_cold"]),
         tgt_test=tgt.select(tgt_role == ROLE_CODES["test_cold"]),
     )
+    seen = np.concatenate([data.src.rating, data.tgt_train.rating])
+    if seen.size:
+        data.rating_range = (float(seen.min()), float(seen.max()))
     data.check_no_leakage()
     return data
 

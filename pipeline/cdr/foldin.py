@@ -416,15 +416,13 @@ def extend_context(
         [data.role, np.full(len(new_ids), ROLE_CODES["source_only"], dtype=data.role.dtype)]
     )
     items = (data.n_src_items, data.n_tgt_items)
-    features, padded = _pad_user_arrays(data.user_features, data.n_users, n_ext, items)
-    extra, padded_extra = _pad_user_arrays(ctx.extra, data.n_users, n_ext, items)
+    extra, padded = _pad_user_arrays(ctx.extra, data.n_users, n_ext, items)
     ext_data = replace(
         data,
         user_ids=np.concatenate([data.user_ids, np.asarray(new_ids, dtype=str)]),
         role=role,
         src=src,
-        user_features=features,
     )
     view = _source_view(data, ctx.src, src, n_ext, rows, shrinkage)
     ext = FitContext(data=ext_data, base=ext_base, src=view, seed=ctx.seed, extra=extra)
-    return Extended(ext, rows, padded + [f"extra.{k}" for k in padded_extra])
+    return Extended(ext, rows, [f"extra.{k}" for k in padded])

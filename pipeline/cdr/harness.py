@@ -22,6 +22,10 @@ from pipeline.cdr.methods import METHODS, FitContext, Method
 
 log = logging.getLogger("train")
 
+# The models are small: one torch thread is fastest on a CPU, and two jobs on one machine
+# (a benchmark beside a stage) do not oversubscribe its cores.
+TRAIN_THREADS = 1
+
 
 @dataclass
 class Fitted:
@@ -41,15 +45,16 @@ def fit(
     configs: dict[str, Any],
     mf: MFConfig,
     seed: int,
-    threads: int = 1,
     extra: dict[str, Any] | None = None,
+    base: BaseModels | None = None,
 ) -> Fitted:
+    """Train the base models (unless ``base`` gives them, trained on this data) and then each
+    method of ``names``, every selection on the valid cold users only."""
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
-    # These models are small: one thread avoids oversubscription and is fastest on CPU.
-    torch.set_num_threads(threads)
-    base = fit_base_models(data, mf, seed)
+    torch.set_num_threads(TRAIN_THREADS)
+    base = base if base is not None else fit_base_models(data, mf, seed)
     ctx = make_context(data, base, mf, seed)
     ctx.extra.update(extra or {})
     fitted = Fitted(ctx, {})
@@ -68,8 +73,16 @@ def fit(
     return fitted
 
 
-def evaluate(fitted: Fitted, which: str = "test") -> dict[str, dict[str, Any]]:
-    """Metrics of every fitted method on the ``which`` cold users (valid or test)."""
+def evaluate(
+    fitted: Fitted, which: str = "test", per_user: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Metrics of every fitted method on the ``which`` cold users (valid or test).
+
+    ``per_user``: each row also gets ``per_user`` (every ranking metric per user with a
+    positive, and the user ids) and, for rating methods, ``per_user_errors`` (per cold user:
+    number of ratings, sum of absolute and of squared errors): what a paired test between two
+    methods resamples.
+    """
     ctx = fitted.ctx
     users = ctx.data.cold_users(which)
     results = {}
@@ -80,8 +93,22 @@ def evaluate(fitted: Fitted, which: str = "test") -> dict[str, dict[str, Any]]:
             ranking = method.ranking_factors(ctx, users)
             row: dict[str, Any] = {"mae": None, "rmse": None}
             if rating is not None and ctx.data.explicit:
-                row.update(ctx.rating_metrics(rating, which))
-            row.update(ctx.ranking_metrics(ranking, which))
+                row.update(ctx.rating_metrics(rating, which, per_user=per_user))
+            row.update(ctx.ranking_metrics(ranking, which, per_user=per_user))
+        if per_user:
+            ids = ctx.data.user_ids[users]
+            row["per_user"] = {
+                "user_id": ids[row.pop("users")].tolist(),
+                **{k: v.tolist() for k, v in row["per_user"].items()},
+            }
+            if "per_user_errors" in row:
+                errors = row.pop("per_user_errors")
+                row["per_user_errors"] = {
+                    "user_id": ids.tolist(),
+                    "n": errors[:, 0].astype(int).tolist(),
+                    "abs": errors[:, 1].tolist(),
+                    "sq": errors[:, 2].tolist(),
+                }
         row["infer_seconds"] = time.perf_counter() - start
         row["train_seconds"] = fitted.train_seconds.get(name)
         row["info"] = method.info

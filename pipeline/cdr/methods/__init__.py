@@ -10,6 +10,7 @@ from __future__ import annotations
 from pipeline.cdr.methods.base import Factors, FitContext, Method
 from pipeline.cdr.methods.baselines import (
     GlobalMean,
+    HabitBias,
     ItemMean,
     ItemMeanUserBias,
     Popularity,
@@ -17,6 +18,7 @@ from pipeline.cdr.methods.baselines import (
 )
 from pipeline.cdr.methods.diffcdr import DiffCDR
 from pipeline.cdr.methods.emcdr import EMCDR
+from pipeline.cdr.methods.item_models import CDEase, CDItemKNN
 from pipeline.cdr.methods.ours import ABLATIONS, Ours
 from pipeline.cdr.methods.ptupcdr import PTUPCDR
 
@@ -27,7 +29,10 @@ METHODS: dict[str, type[Method]] = {
         Popularity,
         ItemMean,
         ItemMeanUserBias,
+        HabitBias,
         TargetMF,
+        CDItemKNN,
+        CDEase,
         EMCDR,
         PTUPCDR,
         DiffCDR,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,17 +18,40 @@ from pipeline.recs.topk import top_k
 
 @dataclass
 class Factors:
-    """score(u, i) = <user[u], item[i]>: the one shape every method's output takes."""
+    """score(u, i) = <user[u], item[i]>: the one shape every method's output takes.
+
+    Both may be dense or sparse (torch COO) tensors: item-item models score with a sparse
+    user row (the source items) against a sparse item matrix (the neighbour weights).
+    """
 
     user: torch.Tensor  # (n_users, d)
     item: torch.Tensor  # (n_items, d)
 
     def scores(self) -> torch.Tensor:
-        return self.user @ self.item.T
+        return product(self.user, self.item)
 
     def pairs(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         rows_t, items_t = torch.as_tensor(rows), torch.as_tensor(items)
         return (self.user[rows_t] * self.item[items_t]).sum(-1).double().numpy()
+
+
+def product(user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+    """Dense (n_users, n_items) scores ``user @ item.T`` for dense or sparse operands."""
+    if item.is_sparse:
+        # (item @ user') is sparse x sparse or sparse x dense; either way densified once.
+        user_t = user.t() if user.is_sparse else user.T.contiguous()
+        with warnings.catch_warnings():  # torch routes COO products through its beta CSR code
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            out = torch.sparse.mm(item, user_t)
+        return (out.to_dense() if out.is_sparse else out).T
+    if user.is_sparse:
+        return torch.sparse.mm(user, item.T.contiguous())
+    return user @ item.T
+
+
+def is_finite(x: torch.Tensor) -> bool:
+    """Every stored value finite (a sparse tensor's implicit zeros are)."""
+    return bool(torch.isfinite(x.coalesce().values() if x.is_sparse else x).all())
 
 
 @dataclass
@@ -59,14 +82,23 @@ class FitContext:
         self.item_positive = np.bincount(tr.item[pos], minlength=n_items).astype(np.float64)
 
     # -- evaluation on held-out cold users (valid for selection, test for reporting) -------
-    def rating_metrics(self, factors: Factors, which: str) -> dict[str, float]:
+    def rating_metrics(self, factors: Factors, which: str, per_user: bool = False) -> dict:
+        """MAE and RMSE over every held-out rating of the ``which`` cold users, predictions
+        clipped to the data's rating scale; ``per_user``: also each user's error sums."""
         held = self.data.heldout(which)
         users = self.data.cold_users(which)
         row = np.searchsorted(users, held.user)
-        pred = np.clip(factors.pairs(row, held.item), 1.0, 5.0)
-        return metrics.rating_errors(pred, held.rating)
+        pred = np.clip(factors.pairs(row, held.item), *self.data.rating_range)
+        out: dict = metrics.rating_errors(pred, held.rating)
+        if per_user:
+            out["per_user_errors"] = metrics.rating_errors_by_user(
+                pred, held.rating, row, len(users)
+            )
+        return out
 
-    def ranking_metrics(self, factors: Factors, which: str, ks=metrics.KS) -> dict[str, float]:
+    def ranking_metrics(
+        self, factors: Factors, which: str, ks=metrics.KS, per_user: bool = False
+    ) -> dict:
         held = self.data.heldout(which)
         users = self.data.cold_users(which)
         positives = metrics.positives_by_user(
@@ -74,7 +106,12 @@ class FitContext:
         )
         with torch.no_grad():
             ranked = top_k(factors.scores(), max(ks))[0].numpy()
-        return metrics.ranking_metrics(ranked, positives, ks)
+        return metrics.ranking_metrics(ranked, positives, ks, per_user=per_user)
+
+    def ndcg(self, factors: Factors, which: str = "valid") -> float:
+        """NDCG@10 of ``factors`` on the ``which`` cold users: every method's ranking selection
+        criterion."""
+        return self.ranking_metrics(factors, which, ks=(10,))["ndcg@10"]
 
 
 class Method:
@@ -89,8 +126,11 @@ class Method:
         self.config = config
         self.info: dict[str, Any] = {}
 
-    # Attributes saved besides the torch modules (e.g. a selected guidance scale).
+    # Attributes saved besides the torch modules (e.g. a selected guidance scale, the tensors
+    # of a closed-form model); those in ``shape_attributes`` are restored before ``build``,
+    # which sizes the networks from them.
     saved_attributes: ClassVar[tuple[str, ...]] = ()
+    shape_attributes: ClassVar[tuple[str, ...]] = ()
 
     def build(self, ctx: FitContext) -> None:
         """Create the (untrained) networks for this data; ``fit`` and loading both call it."""
@@ -111,6 +151,8 @@ class Method:
 
     def load_state_dict(self, ctx: FitContext, state: dict[str, Any]) -> None:
         """Rebuild for ``ctx`` and restore trained weights (no training)."""
+        for key in self.shape_attributes:
+            setattr(self, key, state["attributes"][key])
         self.build(ctx)
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
@@ -144,37 +186,3 @@ class StepsSwitch:
             yield self
         finally:
             self.sample_steps = saved
-
-
-def select_on_valid(
-    candidates: list[Any], evaluate: Callable[[Any], float], mode: str = "min"
-) -> tuple[Any, list[float]]:
-    """The candidate with the best validation score (first one on ties)."""
-    values = [evaluate(c) for c in candidates]
-    best = int(np.argmin(values) if mode == "min" else np.argmax(values))
-    return candidates[best], values
-
-
-def significant_gain(
-    err: torch.Tensor, ref: torch.Tensor, users: torch.Tensor, z: float = 2.0
-) -> float:
-    """Mean change of the per-rating loss going from errors ``ref`` to errors ``err``
-    (negative: better); 0.0 unless the change is beyond ``z`` standard errors over users.
-
-    The loss counts RMSE and MAE alike, as both are reported and a choice must not buy one with
-    the other: e^2 / (2 mse_ref) + |e| / mae_ref, each term the first-order relative change of
-    its metric. Standard errors are over users, whose ratings are not independent; on a
-    validation set of about a hundred users, smaller changes are noise.
-    """
-    mse0, mae0 = float(ref.pow(2).mean()), float(ref.abs().mean())
-
-    def loss(e: torch.Tensor) -> torch.Tensor:
-        return e.pow(2) / (2 * mse0) + e.abs() / mae0
-
-    diff = loss(err) - loss(ref)
-    _, local = torch.unique(users, return_inverse=True)
-    per_user = torch.zeros(int(local.max()) + 1, dtype=torch.float64).index_add_(0, local, diff)
-    count = torch.bincount(local).double()
-    mean = float(diff.mean())
-    se = float((per_user - count * mean).pow(2).sum().sqrt()) / len(diff)
-    return mean if mean < -z * se else 0.0

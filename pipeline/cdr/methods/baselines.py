@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.cdr.methods import habits
 from pipeline.cdr.methods.base import Factors, FitContext, Method
+from pipeline.recs.metrics import POSITIVE_RATING
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
@@ -57,6 +59,34 @@ class ItemMeanUserBias(Method):
 
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
         user = np.stack([ctx.src.bias[users], np.ones(len(users))], 1)
+        item = np.stack([np.ones(ctx.data.n_tgt_items), ctx.item_mean], 1)
+        return Factors(_t(user), _t(item))
+
+
+def source_habits(ctx: FitContext) -> np.ndarray:
+    """Every user's rating habits (:mod:`habits`) on the data's scale: its top rating, and
+    anything below a positive rating as low."""
+    return habits.habits(ctx.src, ctx.data.rating_range[1], POSITIVE_RATING - 1)
+
+
+class HabitBias(Method):
+    """Item mean + the user's target bias read from their source rating *habits*
+    (:mod:`habits`): share of top ratings, of low ratings, spread, history length and the
+    shrunk source bias, mapped linearly, fitted by least squares on the training overlap users'
+    target ratings. ``item_mean_user_bias`` is its special case with weights (1, 0, ..., 0)."""
+
+    name = "habit_bias"
+    needs_ratings = True
+    saved_attributes = ("readout",)
+
+    def fit(self, ctx: FitContext) -> None:
+        x = source_habits(ctx)
+        self.readout = habits.fit_readout(x, ctx.data.tgt_train, ctx.data.users("train_overlap"))
+        self.info = {"readout": dict(zip((*habits.HABITS, "intercept"), self.readout, strict=True))}
+
+    def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
+        bias = habits.apply_readout(source_habits(ctx)[users], self.readout)
+        user = np.stack([bias, np.ones(len(users))], 1)
         item = np.stack([np.ones(ctx.data.n_tgt_items), ctx.item_mean], 1)
         return Factors(_t(user), _t(item))
 

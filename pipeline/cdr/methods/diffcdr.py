@@ -27,6 +27,8 @@ from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
 from pipeline.cdr.methods.spaces import Space, main_space, target_rows
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 
+GUIDANCE_GRID = (0.1, 0.5, 1.0, 2.0, 4.0)  # scales tried on validation after training
+
 
 class DiffCDR(StepsSwitch, Method):
     name = "diffcdr"
@@ -59,7 +61,6 @@ class DiffCDR(StepsSwitch, Method):
                 x_T=cond,  # start from the source vector
                 guidance=self.guidance if guidance is None else guidance,
                 steps=self.sample_steps,
-                kind="dpmsolver++",
                 order=3,
             )
 
@@ -117,7 +118,7 @@ class DiffCDR(StepsSwitch, Method):
         # Guidance scale: the best on validation users.
         scores = {}
         with torch.no_grad():
-            for s in cfg.guidance_grid:
+            for s in GUIDANCE_GRID:
                 scores[s] = self.space.score(ctx, self.generate(valid, s), "valid")
         pick = min if self.space.select_mode == "min" else max
         self.guidance = pick(scores, key=scores.get)

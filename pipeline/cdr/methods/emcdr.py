@@ -12,6 +12,8 @@ from pipeline.cdr.methods.base import Factors, FitContext, Method
 from pipeline.cdr.methods.spaces import Space, main_space
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 
+CHECK_EVERY = 5  # epochs between validation checks (patience counts checks)
+
 
 class EMCDR(Method):
     name = "emcdr"
@@ -44,7 +46,7 @@ class EMCDR(Method):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            if epoch % cfg.eval_every == 0:
+            if epoch % CHECK_EVERY == 0:
                 self.net.eval()
                 with torch.no_grad():
                     value = self.space.score(ctx, self.generate(valid), "valid")

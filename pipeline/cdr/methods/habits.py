@@ -19,11 +19,11 @@ from pipeline.cdr.base import SourceView
 from pipeline.cdr.data import Interactions
 
 HABITS = ("source_bias", "top_share", "low_share", "spread", "log_history")
-TOP, LOW = 5.0, 3.0  # Amazon's 1-5 stars: a five, and three or lower
 
 
-def habits(src: SourceView) -> np.ndarray:
-    """(n_users, len(HABITS)) per user; zeros for users without a source history."""
+def habits(src: SourceView, top: float, low: float) -> np.ndarray:
+    """(n_users, len(HABITS)) per user; zeros for users without a source history. ``top``:
+    the highest rating of the scale; ``low``: ratings at or below it count as low."""
     n_users = len(src.indptr) - 1
     user = np.repeat(np.arange(n_users), np.diff(src.indptr))
     n = np.maximum(src.count, 1)
@@ -37,8 +37,8 @@ def habits(src: SourceView) -> np.ndarray:
     return np.stack(
         [
             src.bias,
-            per_user((ratings >= TOP).astype(np.float64)),
-            per_user((ratings <= LOW).astype(np.float64)),
+            per_user((ratings >= top).astype(np.float64)),
+            per_user((ratings <= low).astype(np.float64)),
             spread,
             np.log1p(src.count),
         ],
@@ -47,10 +47,18 @@ def habits(src: SourceView) -> np.ndarray:
 
 
 def fit_readout(
-    x: np.ndarray, train: Interactions, users: np.ndarray, ridge: float = 1e-3
+    x: np.ndarray,
+    train: Interactions,
+    users: np.ndarray,
+    ridge: float = 1e-3,
+    prior_strength: float = 0.0,
 ) -> list[float]:
     """Weights (len(HABITS) + 1,), the last one an intercept, of the target rating bias of
-    ``users`` on their habits ``x`` (rows: every user), over their visible target ratings."""
+    ``users`` on their habits ``x`` (rows: every user), over their visible target ratings.
+
+    The bias is measured against the item's mean over the other raters, shrunk towards the
+    global mean as if by ``prior_strength`` more ratings (0: the raw mean): the item offsets
+    the readout will be added to."""
     n_items = int(train.item.max()) + 1 if len(train) else 0
     count = np.bincount(train.item, minlength=n_items).astype(np.float64)
     total = np.bincount(train.item, weights=train.rating, minlength=n_items)
@@ -58,7 +66,13 @@ def fit_readout(
     item, rating = train.item[keep], train.rating[keep]
     others = count[item] - 1
     fallback = float(train.rating.mean()) if len(train) else 0.0
-    loo_mean = np.where(others > 0, (total[item] - rating) / np.maximum(others, 1), fallback)
+    weight = others + prior_strength
+    loo_mean = np.divide(
+        total[item] - rating + prior_strength * fallback,
+        weight,
+        out=np.full(len(rating), fallback),
+        where=weight > 0,
+    )
     a = np.concatenate([x[train.user[keep]], np.ones((keep.sum(), 1))], 1)
     y = rating - loo_mean
     reg = ridge * len(y) * np.eye(a.shape[1])
