@@ -136,15 +136,29 @@ class SourceView:
     ratings: np.ndarray
 
 
-def source_view(data: CDRData, shrinkage: float) -> SourceView:
-    src = data.src
-    n = np.bincount(src.user, minlength=data.n_users).astype(np.float64)
-    total = np.bincount(src.user, weights=src.rating, minlength=data.n_users)
-    item_n = np.bincount(src.item, minlength=data.n_src_items)
-    item_mean = np.bincount(src.item, weights=src.rating, minlength=data.n_src_items) / np.maximum(
-        item_n, 1
-    )
-    resid = np.bincount(src.user, weights=src.rating - item_mean[src.item], minlength=data.n_users)
+def source_item_means(src: Interactions, n_items: int) -> np.ndarray:
+    """Each source item's mean rating over ``src`` (0 for items nobody rated)."""
+    count = np.bincount(src.item, minlength=n_items)
+    return np.bincount(src.item, weights=src.rating, minlength=n_items) / np.maximum(count, 1)
+
+
+def source_view(
+    data: CDRData,
+    shrinkage: float,
+    src: Interactions | None = None,
+    n_users: int | None = None,
+    item_mean: np.ndarray | None = None,
+) -> SourceView:
+    """Every user's source statistics and history: from ``data``'s source rows, or from
+    ``src`` over ``n_users`` users measured against ``item_mean`` (fold-in: new users' rows
+    against the training item means)."""
+    src = data.src if src is None else src
+    n_users = data.n_users if n_users is None else n_users
+    if item_mean is None:
+        item_mean = source_item_means(src, data.n_src_items)
+    n = np.bincount(src.user, minlength=n_users).astype(np.float64)
+    total = np.bincount(src.user, weights=src.rating, minlength=n_users)
+    resid = np.bincount(src.user, weights=src.rating - item_mean[src.item], minlength=n_users)
     bias = resid / np.maximum(n, 1) * (n / (n + shrinkage))
     indptr = np.concatenate([[0], np.cumsum(n.astype(np.int64))])
     with np.errstate(invalid="ignore", divide="ignore"):

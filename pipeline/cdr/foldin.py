@@ -34,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from models.mf import BPRMF, BiasedMF
-from pipeline.cdr.base import BaseModels, SourceView
+from pipeline.cdr.base import BaseModels, SourceView, source_item_means, source_view
 from pipeline.cdr.configs import MFConfig
 from pipeline.cdr.data import ROLE_CODES, CDRData, Interactions
 from pipeline.cdr.methods.base import FitContext
@@ -302,38 +302,15 @@ def _source_view(
     train: CDRData, view: SourceView, src: Interactions, n_users: int, rows: np.ndarray, shrinkage
 ) -> SourceView:
     """The training view for known users; new rows' statistics against training item means."""
-    tr = train.src
-    item_n = np.bincount(tr.item, minlength=train.n_src_items)
-    item_mean = np.bincount(tr.item, weights=tr.rating, minlength=train.n_src_items) / np.maximum(
-        item_n, 1
-    )
-    n = np.bincount(src.user, minlength=n_users).astype(np.float64)
-    total = np.bincount(src.user, weights=src.rating, minlength=n_users)
-    resid = np.bincount(src.user, weights=src.rating - item_mean[src.item], minlength=n_users)
-    bias = resid / np.maximum(n, 1) * (n / (n + shrinkage))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / n, np.nan)
-    indptr = np.concatenate([[0], np.cumsum(n.astype(np.int64))])
-
+    item_mean = source_item_means(train.src, train.n_src_items)
+    new = source_view(train, shrinkage, src, n_users, item_mean)
     known = np.zeros(n_users, dtype=bool)
     known[: train.n_users] = True
     known[rows] = False
     known = np.flatnonzero(known)
-
-    def keep(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-        out = new.copy()
-        out[known] = old[known]
-        return out
-
-    return SourceView(
-        has_source=n > 0,
-        count=keep(view.count, n),
-        mean_rating=keep(view.mean_rating, mean),
-        bias=keep(view.bias, bias),
-        indptr=indptr,
-        items=src.item,
-        ratings=src.rating,
-    )
+    for name in ("count", "mean_rating", "bias"):
+        getattr(new, name)[known] = getattr(view, name)[known]
+    return new
 
 
 def _pad_user_arrays(
