@@ -181,6 +181,7 @@ class Ours(StepsSwitch, Method):
     def build(self, ctx: FitContext) -> None:
         cfg = self.config
         self.history = self._history(ctx, np.arange(ctx.data.n_users))
+        self.habit_x = source_habits(ctx) if ctx.data.explicit else None
         self.dense = {k: torch.as_tensor(v) for k, v in self._dense_inputs(ctx).items()}
         self.encoder = SourceEncoder(
             len(self.vocab),
@@ -241,15 +242,15 @@ class Ours(StepsSwitch, Method):
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors | None:
         if not ctx.data.explicit:
             return None
-        bias = habits.apply_readout(source_habits(ctx)[users], self.readout)
-        z = self.generate(users)
+        bias = habits.apply_readout(self.habit_x[users], self.readout)
         n, m = len(users), ctx.data.n_tgt_items
+        weights = self.rating_items.weight.detach()
+        # Validation kept the interaction at zero (its epoch 0): no need to generate.
+        z = self.generate(users) if weights.any() else torch.zeros(n, weights.shape[1])
         user = torch.cat(
             [z, torch.as_tensor(bias, dtype=torch.float32)[:, None], torch.ones(n, 1)], 1
         )
-        item = torch.cat(
-            [self.rating_items.weight.detach(), torch.ones(m, 1), self.item_offset[:, None]], 1
-        )
+        item = torch.cat([weights, torch.ones(m, 1), self.item_offset[:, None]], 1)
         return Factors(user, item)
 
     # ------------------------------------------------------------------ training
@@ -405,11 +406,11 @@ class Ours(StepsSwitch, Method):
         tr = data.tgt_train
         offset, strength = shrunk_item_means(ctx)
         self.item_offset = torch.as_tensor(offset, dtype=torch.float32)
-        self.readout = habits.fit_readout(source_habits(ctx), tr, overlap, prior_strength=strength)
+        self.readout = habits.fit_readout(self.habit_x, tr, overlap, prior_strength=strength)
         keep = np.isin(tr.user, overlap)
         pos = np.searchsorted(overlap, tr.user[keep])
         z = self.generate(overlap)
-        bias = habits.apply_readout(source_habits(ctx)[overlap], self.readout)
+        bias = habits.apply_readout(self.habit_x[overlap], self.readout)
         item = torch.as_tensor(tr.item[keep])
         resid = torch.as_tensor(
             tr.rating[keep] - self.item_offset.numpy()[tr.item[keep]] - bias[pos],
