@@ -15,6 +15,10 @@ from pipeline.cdr.data import CDRData
 from pipeline.recs import metrics
 from pipeline.recs.topk import top_k
 
+# Users ranked at once when evaluating: memory is EVAL_CHUNK x items scores, whatever the
+# number of cold users.
+EVAL_CHUNK = 1024
+
 
 @dataclass
 class Factors:
@@ -29,6 +33,15 @@ class Factors:
 
     def scores(self) -> torch.Tensor:
         return product(self.user, self.item)
+
+    def chunks(self, size: int = EVAL_CHUNK) -> list[Factors]:
+        """The same factors, ``size`` users at a time (one score block of size x items each)."""
+        out = []
+        for lo in range(0, self.user.shape[0], size):
+            rows = torch.arange(lo, min(lo + size, self.user.shape[0]))
+            user = self.user.index_select(0, rows) if self.user.is_sparse else self.user[rows]
+            out.append(Factors(user, self.item))
+        return out
 
     def pairs(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         rows_t, items_t = torch.as_tensor(rows), torch.as_tensor(items)
@@ -105,7 +118,13 @@ class FitContext:
             held.user, held.item, held.rating, users, self.data.explicit
         )
         with torch.no_grad():
-            ranked = top_k(factors.scores(), max(ks))[0].numpy()
+            ranked = (
+                np.concatenate(
+                    [top_k(part.scores(), max(ks))[0].numpy() for part in factors.chunks()]
+                )
+                if len(users)
+                else np.zeros((0, max(ks)), dtype=np.int64)
+            )
         return metrics.ranking_metrics(ranked, positives, ks, per_user=per_user)
 
     def ndcg(self, factors: Factors, which: str = "valid") -> float:
