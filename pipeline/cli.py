@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -57,6 +58,16 @@ def run(main: Callable[[Sequence[str] | None], object]) -> int:
         main(None)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside the atomic helpers (a download, a journal): outputs stay as they were
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: no space left on the device{where}; free some space and run again",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted: outputs written so far are complete; re-run to resume", file=sys.stderr)

@@ -22,8 +22,6 @@ and the statistics run as polars lazy queries with the streaming engine
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import polars as pl
 from pipeline import cli, paths
 from pipeline.config import Params
 from pipeline.errors import InputError
-from pipeline.io import read_json, sink_parquet, write_json
+from pipeline.io import read_json, scratch_dir, sink_parquet, write_json
 from pipeline.schemas import INTERACTIONS, polars_schema
 from pipeline.tables.entities import items_table, users_table
 from pipeline.tables.interactions import (
@@ -79,9 +77,7 @@ def prepare(
         raise InputError(f"has no reviews file for domain(s) {missing}", path=manifest_path)
     inter_parts, meta_parts, skipped = parse_domains(fmt, entries, domains, prep.max_bad_fraction)
 
-    paths.PARSE_CACHE.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="prepare-", dir=paths.PARSE_CACHE.parent))
-    try:
+    with scratch_dir(paths.PARSE_CACHE.parent / "prepare") as work:
         merged = work / "merged.parquet"
         merge_duplicates(inter_parts, prep.duplicates).sink_parquet(merged)
         dups = duplicate_stats(merged)
@@ -116,8 +112,6 @@ def prepare(
             "k_core": prep.k_core,
         }
         stats = data_stats(inter, items, dups, scale, skipped, header)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     write_json(stats, paths.DATA_STATS)
     _log_summary(stats, out_dir)
     return stats

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
@@ -125,12 +126,15 @@ def run_child(
     cwd: Path,
     *,
     kill_at: int | None = None,
+    kill_after: float | None = None,
     count: bool = False,
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> Child:
-    """``python -c <killpoint bootstrap> args``: a stage (``-m pipeline.x``) or a script, with
-    the kill-point hook; ``kill_at``: SIGKILL at that point, ``count``: report the points."""
+    """``python -m tests.killpoint args``: a stage (``-m pipeline.x ...``) or a script
+    (``-c CODE ...``) with the kill-point hook. ``kill_at``: SIGKILL at that point;
+    ``kill_after``: SIGKILL after that many seconds (if still running); ``count``: report the
+    points passed."""
     extra = {}
     counter = cwd / ".killpoints.count"
     if kill_at is not None:
@@ -138,19 +142,26 @@ def run_child(
     if count:
         counter.unlink(missing_ok=True)
         extra["KILL_COUNT_FILE"] = str(counter)
-    proc = subprocess.run(
+    with subprocess.Popen(
         [PYTHON, "-m", "tests.killpoint", *args],
         cwd=cwd,
         env={**child_env(), **(env or {}), **extra},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=kill_after if kill_after is not None else timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            if kill_after is None:
+                raise
     points = None
     if count:
         points = int(counter.read_text()) if counter.exists() else 0
         counter.unlink(missing_ok=True)
-    return Child(proc.returncode, proc.stdout, proc.stderr, points)
+    return Child(proc.returncode, out, err, points)
 
 
 def count_points(args: Sequence[str], cwd: Path, **kw) -> int:
@@ -195,3 +206,43 @@ def tree_bytes(root: Path, skip: Iterable[str] = ()) -> dict[str, bytes]:
 def copy_project(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+# --------------------------------------------------------------------------- the report
+def record(fault: str, **fields: object) -> None:
+    """Append what one test injected and what happened to ``$FAULTS_RECORD`` (JSON lines), when
+    set: ``python -m tests.faults FILE`` turns it into docs/reliability.md's table."""
+    path = os.environ.get("FAULTS_RECORD")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"fault": fault, **fields}, default=str) + "\n")
+
+
+def table(path: Path) -> str:
+    """The report table: one row per fault, the runs and seeds counted."""
+    rows: dict[str, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        entry = json.loads(line)
+        row = rows.setdefault(
+            entry["fault"],
+            {"n": 0, "seeds": [], "outcome": entry.get("outcome", ""), "lost": set(), "resumed": 0},
+        )
+        row["n"] += entry.get("times", 1)
+        if "seed" in entry:
+            row["seeds"].append(entry["seed"])
+        row["resumed"] += bool(entry.get("resumed"))
+        row["lost"].add(entry.get("lost", "none"))
+    out = ["| fault | injected | seeds | what happened | data lost |", "|---|---|---|---|---|"]
+    for fault, row in rows.items():
+        seeds = ", ".join(map(str, sorted(set(row["seeds"])))) or "-"
+        outcome = row["outcome"]
+        if row["resumed"]:
+            outcome += f" (resumed in {row['resumed']} of the runs)"
+        out.append(
+            f"| {fault} | {row['n']} | {seeds} | {outcome} | {', '.join(sorted(row['lost']))} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1])))

@@ -2,7 +2,9 @@
 
 Every output is written atomically: to a temporary file beside the target, flushed to disk,
 then renamed over it, so an interrupted stage never leaves a half-written file that a later
-stage would read. Parquet files are written with pyarrow and carry a JSON document in the
+stage would read. A temporary name carries its writer's process id; the next writer of the same
+target removes the temporary files and directories of writers that are no longer running (a
+killed run's), so none stays behind. Parquet files are written with pyarrow and carry a JSON document in the
 file's key-value metadata under :data:`META_KEY`; :func:`read_meta` is the matching reader
 (polars and pyarrow disagree on where footer metadata lives, so we use one writer/reader pair).
 """
@@ -10,13 +12,16 @@ file's key-value metadata under :data:`META_KEY`; :func:`read_meta` is the match
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,21 +29,54 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 
 META_KEY = b"coldstart_cdr"
 _TEMP_SUFFIX = ".tmp"
+# The writer in a temporary name: its pid and host (a hash), no dots: ".NAME.p123h456.XXXX.tmp".
+_HOST = f"h{zlib.crc32(socket.gethostname().encode()):08x}"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- atomic writes
+class DiskFull(PipelineError):
+    """No space left while writing an output: the previous version of it is untouched."""
+
+    def __init__(self, path: Path, exc: BaseException):
+        reason = getattr(exc, "strerror", None) or "No space left on device"
+        super().__init__(
+            f"{path}: no space left on the device while writing it ({reason}); the previous "
+            "version is untouched: free some space and run again"
+        )
+
+
+def disk_full(exc: BaseException, where: Path | None = None) -> bool:
+    """Whether ``exc`` is a write that ran out of space: ENOSPC / EDQUOT, a library's message
+    saying so, or (torch's writer reports only a position mismatch) ``where``'s file system
+    left with almost nothing free."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    if where is None or not isinstance(exc, OSError | RuntimeError):
+        return False
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+    Running out of space is a :class:`DiskFull` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_own_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
@@ -47,6 +85,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if not isinstance(exc, PipelineError) and disk_full(exc, path.parent):
+            raise DiskFull(path, exc) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -60,13 +102,33 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     a crash leaves either the old or the new directory readable (plus a ``.old`` leftover that
     the next run removes); :func:`recover_dir` undoes what a killed block left.
     """
+    with scratch_dir(path) as tmp:
+        yield tmp
+        for file in sorted(tmp.rglob("*")):  # the contents on disk before the rename
+            if file.is_file():
+                with open(file, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        replace_dir(tmp, path)
+
+
+@contextlib.contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary directory beside ``path`` (same file system), removed when the block ends;
+    one a killed run left is removed by the next run's :func:`remove_stale_temps`. Running out
+    of space in the block is a :class:`DiskFull` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_own_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs get the usual mode
     try:
         yield tmp
-        replace_dir(tmp, path)
+    except DiskFull as exc:  # named after the output, not the temporary file inside
+        raise DiskFull(path, exc.__cause__ or exc) from exc.__cause__
+    except Exception as exc:
+        if not isinstance(exc, PipelineError) and disk_full(exc, tmp):
+            raise DiskFull(path, exc) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -95,13 +157,15 @@ class Recovered(NamedTuple):
     removed: list[Path]  # temporary builds deleted
 
 
-def recover_dir(path: str | Path, complete: Callable[[Path], bool]) -> Recovered:
+def recover_dir(
+    path: str | Path, complete: Callable[[Path], bool], keep: Sequence[Path] = ()
+) -> Recovered:
     """Undo what a killed :func:`atomic_dir` block (or :func:`replace_dir`) left beside ``path``.
 
     A kill between the swap's two renames leaves no ``path`` and the previous directory moved
     aside: it is put back when ``complete(aside)`` says it is whole. A directory moved aside
-    after the new one is in place, and temporary builds or files, are deleted. Only while no
-    other writer of ``path`` runs (hold a lock: :mod:`pipeline.io.lock`).
+    after the new one is in place, and temporary builds or files (but those in ``keep``), are
+    deleted. Only while no other writer of ``path`` runs (hold a lock: :mod:`pipeline.io.lock`).
     """
     path = Path(path)
     old = _aside(path)
@@ -111,7 +175,8 @@ def recover_dir(path: str | Path, complete: Callable[[Path], bool]) -> Recovered
         restored = True
     elif path.exists() and old.is_dir():
         shutil.rmtree(old)
-    removed = sorted(path.parent.glob(glob.escape(_temp_prefix(path)) + "*" + _TEMP_SUFFIX))
+    found = path.parent.glob(glob.escape(_temp_prefix(path)) + "*" + _TEMP_SUFFIX)
+    removed = sorted(p for p in found if p not in set(map(Path, keep)))
     for leftover in removed:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -122,6 +187,39 @@ def recover_dir(path: str | Path, complete: Callable[[Path], bool]) -> Recovered
 
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}."  # hidden, beside the target: same file system, one rename
+
+
+def _own_prefix(path: Path) -> str:
+    return f"{_temp_prefix(path)}p{os.getpid()}{_HOST}."
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary files and directories beside ``path`` whose writer (a process of
+    this host) is no longer running; return them. Those of running writers stay."""
+    path = Path(path)
+    prefix = _temp_prefix(path)
+    removed = []
+    for tmp in path.parent.glob(glob.escape(prefix) + "p*" + _TEMP_SUFFIX):
+        owner = tmp.name[len(prefix) :].split(".", 1)[0]
+        pid, host = owner[1:].partition("h")[0], "h" + owner.partition("h")[2]
+        if host != _HOST or not pid.isdigit() or _running(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _aside(path: Path) -> Path:
@@ -219,7 +317,9 @@ class ParquetPartWriter:
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows:
-            self._writer.write(batch.cast(self.schema) if isinstance(batch, pa.Table) else batch)
+            with self._disk_full():
+                table = batch.cast(self.schema) if isinstance(batch, pa.Table) else batch
+                self._writer.write(table)
             self.rows += batch.num_rows
 
     def set_meta(self, meta: Mapping[str, Any]) -> None:
@@ -227,8 +327,18 @@ class ParquetPartWriter:
         self._writer.add_key_value_metadata(_meta_bytes(meta, None))
 
     def close(self) -> None:
-        self._writer.close()
+        with self._disk_full():
+            self._writer.close()
         self._ctx.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def _disk_full(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, RuntimeError, pa.ArrowException) as exc:
+            if disk_full(exc, self.path.parent):
+                raise DiskFull(self.path, exc) from exc
+            raise
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -35,6 +35,7 @@ import requests
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.io import DiskFull, disk_full
 from pipeline.io.http import (
     TRANSIENT,
     Fail,
@@ -128,6 +129,8 @@ def _download(
 ) -> tuple[str, int, int, bool, str | None]:  # fmt: skip
     """Fill ``part``: ``(sha256, size, attempts, resumed, sha256 the server publishes)``."""
     attempts, resumed, published = 1, False, None
+    if part.exists() and part.stat().st_size:
+        log.info("%s: resuming at byte %d of an interrupted download", url, part.stat().st_size)
     try:
         if urlsplit(url).scheme.lower() in ("http", "https"):
             client = HttpClient(
@@ -147,6 +150,10 @@ def _download(
         raise FetchError(url, exc.reason, exc.attempts) from exc.__cause__
     except Fail as exc:  # a local file that cannot be read
         raise FetchError(url, exc.reason, attempts) from exc.__cause__
+    except OSError as exc:  # the part keeps what was written: the next run resumes it
+        if disk_full(exc):
+            raise DiskFull(part, exc) from exc
+        raise
     return digest, size, attempts, resumed, published
 
 
