@@ -18,7 +18,10 @@ For every item of ``data/prepared/items.parquet`` (every domain) it writes one r
 A missing part (no text, no ``ok`` picture, an image that does not decode, an empty caption)
 is a vector of zeros with its flag false: never a crash, never a made-up vector. A re-run
 encodes only new or changed inputs (:mod:`pipeline.features.items`); the store is written to
-a temporary file and renamed into place. ``metrics/item_features.json`` gets the counts.
+a temporary file and renamed into place. Items are encoded :data:`CHUNK_ITEMS` at a time, each
+chunk journalled, so a killed run resumes after its last chunk
+(:class:`~pipeline.features.item_store.Journal`). ``metrics/item_features.json`` gets the
+counts.
 
 ``engine: ray`` runs the same encode loop on Ray Data actors, a batch of items per call, and
 streams the rows into the same store (:mod:`pipeline.features.item_batches`).
@@ -32,13 +35,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from pipeline import cli, distributed, engine, paths
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.features import item_batches
 from pipeline.features.image_store import IMAGES
-from pipeline.features.item_store import load_cache, store_meta, write_store
-from pipeline.features.items import encode_rank, load_encoders, run_stats
+from pipeline.features.item_store import Journal, load_cache, store_meta, table_cache, write_store
+from pipeline.features.items import encode_rank, load_encoders, run_stats, sum_counts
 from pipeline.io import read_parquet, write_json
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ PARAMS = ("images.enabled", "item_features")  # read here; dvc.yaml lists the sa
 
 ITEM_FEATURES = paths.ITEM_FEATURES
 METRICS = paths.METRICS / "item_features.json"
+CHUNK_ITEMS = 4096  # items encoded and journalled at a time (what a killed run can lose)
 
 
 def item_features(
@@ -88,14 +94,29 @@ def item_features(
 def _encode_here(
     p: ItemFeaturesParams, items_path: Path, image_store: Path, out_path: Path
 ) -> tuple[dict, list]:
-    """The local engine: every item in this process, in one pass; (store meta, [counts])."""
+    """The local engine: every item in this process, chunk by chunk (each journalled, and
+    reused by the later chunks as one pass would); (store meta, [counts])."""
     items = read_parquet(items_path, columns=item_batches.COLUMNS)
     encoders = load_encoders(p, distributed.resolve_device(p.device))
-    cache = load_cache(out_path, encoders.ids, encoders.dims)
-    table, counts = encode_rank(p, items, encoders, cache, image_store)
+    ids, dims = encoders.ids, encoders.dims
+    cache, journal = load_cache(out_path, ids, dims), Journal(out_path)
+    cache.update(journal.cache(ids, dims))  # what a killed run encoded
     meta = store_meta(p, encoders)
-    write_store(table, meta, out_path)
-    return meta, [counts]
+    tables, counts = [], []
+    for lo in range(0, max(items.height, 1), CHUNK_ITEMS):
+        table, chunk_counts = encode_rank(
+            p, items.slice(lo, CHUNK_ITEMS), encoders, cache, image_store
+        )
+        if items.height > CHUNK_ITEMS:
+            journal.add(lo // CHUNK_ITEMS, table, meta)
+            cache.update(table_cache(table, dict.fromkeys(ids, True), dims))
+        tables.append(table)
+        counts.append(chunk_counts)
+    write_store(pa.concat_tables(tables), meta, out_path)
+    journal.remove()
+    total = sum_counts(counts)
+    total["encode_seconds"] = sum(c["encode_seconds"] for c in counts)
+    return meta, [total]
 
 
 def _log_encoders(meta: dict) -> None:

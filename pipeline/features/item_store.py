@@ -16,11 +16,16 @@ Concatenation rather than a mean, because the parts come from different models a
 **Cache.** A re-run reuses a vector whenever its encoder id is unchanged and its input hash
 (``text_hash`` of the exact encoder input, ``image_sha256`` of the picture) is found in the
 previous store (:func:`load_cache`).
+
+**Journal.** While the local engine encodes, each finished chunk of rows is written to a hidden
+directory beside the store (:class:`Journal`); a killed run's chunks feed the next run's cache,
+so it resumes instead of starting over. The journal goes once the store is in place.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,6 +197,11 @@ class Cache:
     image: dict[str, np.ndarray | None] = field(default_factory=dict)
     caption: dict[str, str | None] = field(default_factory=dict)
 
+    def update(self, other: Cache) -> None:
+        self.text.update(other.text)
+        self.image.update(other.image)
+        self.caption.update(other.caption)
+
 
 def load_cache(path: Path, ids: dict[str, str | None], dims: dict[str, int]) -> Cache:
     """What the store at ``path`` holds for encoders with these ``ids`` (text, image, caption);
@@ -208,14 +218,19 @@ def load_cache(path: Path, ids: dict[str, str | None], dims: dict[str, int]) -> 
 def _read_cache(path: Path, ids: dict[str, str | None], dims: dict[str, int]) -> Cache:
     old = read_meta(path).get("encoder_ids", {})
     same = {part: ids.get(part) is not None and old.get(part) == ids[part] for part in PARTS}
-    cache = Cache()
     if not any(same.values()):
-        return cache
+        return Cache()
     names = set(pq.read_schema(path).names)
     wanted = ["has_text", "has_image", "has_caption", "text_hash", "image_sha256", "caption"]
     wanted += ["text_emb", "caption_emb"] if same["text"] else []
     wanted += ["image_emb"] if same["image"] else []
-    table = pq.read_table(path, columns=[c for c in wanted if c in names])
+    return table_cache(pq.read_table(path, columns=[c for c in wanted if c in names]), same, dims)
+
+
+def table_cache(table: pa.Table, same: dict[str, bool], dims: dict[str, int]) -> Cache:
+    """What store rows ``table`` give the encoders of the parts ``same`` marks as unchanged."""
+    names = set(table.column_names)
+    cache = Cache()
     if same["text"]:  # item text and captions share the text encoder, hence its cache
         for column, key, flag in (
             ("text_emb", "text_hash", "has_text"),
@@ -241,6 +256,28 @@ def _read_cache(path: Path, ids: dict[str, str | None], dims: dict[str, int]) ->
             if sha:
                 cache.caption[sha] = caption or None
     return cache
+
+
+class Journal:
+    """The chunks of rows a local run has encoded so far, ``chunk-NNNNN.parquet`` in
+    ``.<store>.journal/`` beside the store, each with the store's metadata (encoder ids)."""
+
+    def __init__(self, store: Path):
+        self.dir = store.with_name(f".{store.name}.journal")
+
+    def cache(self, ids: dict[str, str | None], dims: dict[str, int]) -> Cache:
+        """Everything an interrupted run encoded with the same encoders (a chunk it was
+        writing when killed never got its final name: it is not read)."""
+        cache = Cache()
+        for chunk in sorted(self.dir.glob("chunk-*.parquet")):
+            cache.update(load_cache(chunk, ids, dims))
+        return cache
+
+    def add(self, index: int, table: pa.Table, meta: dict) -> None:
+        write_parquet(table, self.dir / f"chunk-{index:05d}.parquet", meta)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
