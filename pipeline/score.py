@@ -14,7 +14,9 @@ hidden, so the stage's lists are the rankings ``evaluate`` measured. The models 
 items the models index).
 
 Output ``OUT/dt=DATE/`` (``data/scores/`` by default; date from ``--date``, ``score.date``,
-else today in UTC), replaced atomically, one run at a time (:mod:`pipeline.recs.partition`):
+else today in UTC), replaced atomically, one run at a time whatever the date (a second run
+on the same ``OUT`` fails at once), a killed run of the local engine resumed after its last
+finished part by the next run of that date (:mod:`pipeline.recs.partition`):
 ``part-NNNNN.parquet`` (:data:`pipeline.recs.lists.SCHEMA`, one row per user and rank, sorted
 by user id then rank, without the items the user already has; equal scores by item id, so the
 same inputs give the same bytes), ``rejects.parquet`` (``user_id``, ``reason`` of every
@@ -32,6 +34,7 @@ users at a time, on CUDA when available, while a thread writes the previous chun
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import time
@@ -85,24 +88,29 @@ def score(
     scorer = fold_in(fitted, name, todo, params.train.base)
     device = rank.resolve_device(sp.device) if sp.engine == "local" else None
     n, exclude = len(todo.user_ids), (todo.exclude_indptr, todo.exclude_items)
+    # The part size shapes the files too: hashed with the settings, as when it was a param.
+    hashed = {
+        **sp.model_dump(exclude={"date", *engine.EXECUTION_KEYS}),
+        "rows_per_part": lists.ROWS_PER_PART,
+    }
+    settings = {"pair": pair.model_dump(), "train": params.train.model_dump(), "score": hashed}
+    # What the lists depend on: a killed run with the same key is resumed (local engine).
+    key = stable_hash([settings, version, todo.digest()]) if sp.engine == "local" else None
     with (
-        partition.building(out, date) as tmp,
+        partition.building(out, date, key) as build,
         scorer.sampling_steps(sp.steps),
         torch.no_grad(),
         engine.running(sp.engine),
     ):
-        chunks, device = _ranked(scorer, n, exclude, sp, device, progress)
+        tmp, start = build.dir, build.done.users
+        chunks, device = _ranked(scorer, n, exclude, sp, device, progress, start)
         meta = {"method": name, "model_version": version, "date": date, "k": sp.k}
-        ids = data.tgt_item_ids
-        written = lists.write_lists(tmp, todo.user_ids, chunks, ids, name, version, meta)
+        written = lists.write_lists(
+            tmp, todo.user_ids, chunks, data.tgt_item_ids, name, version, meta,
+            build.done, build.save,
+        )  # fmt: skip
         rejects = todo.rejects + [(u, "non_finite_scores") for u in written.non_finite]
         by_reason = partition.write_rejects(tmp, rejects)
-        # The part size shapes the files too: hashed with the settings, as when it was a param.
-        hashed = {
-            **sp.model_dump(exclude={"date", *engine.EXECUTION_KEYS}),
-            "rows_per_part": lists.ROWS_PER_PART,
-        }
-        settings = {"pair": pair.model_dump(), "train": params.train.model_dump(), "score": hashed}
         counts = {"scored": n - len(written.non_finite), "rejected": len(rejects)}
         manifest = {
             "date": date,
@@ -137,18 +145,21 @@ def score(
 
 def _ranked(
     scorer: Scorer, n: int, exclude: tuple, sp: ScoreParams, device: torch.device | None,
-    progress: bool,
+    progress: bool, start: int = 0,
 ) -> tuple[Iterator[rank.Chunk], torch.device]:  # fmt: skip
-    """The lists, chunk by chunk, from ``score.engine``, and the device that ranks them."""
+    """The lists of users ``start:n``, chunk by chunk, from ``score.engine``, and the device
+    that ranks them (the ray engine always starts at 0)."""
     if sp.engine == "ray":
         device = batches.actor_device(sp.device)
         chunks = batches.rank_on_ray(scorer, n, sp.k, sp.chunk_size, sp.device, exclude, sp.ray)
         return chunks, device
     item = scorer.item_vectors()
+    rest = (exclude[0][start:], exclude[1])
     chunks = rank.rank_chunks(
-        scorer.user_vectors, n, item, sp.k, sp.chunk_size, device, exclude, progress
-    )
-    return chunks, device
+        lambda lo, hi: scorer.user_vectors(start + lo, start + hi),
+        n - start, item, sp.k, sp.chunk_size, device, rest, progress,
+    )  # fmt: skip
+    return (dataclasses.replace(c, lo=c.lo + start) for c in chunks), device
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

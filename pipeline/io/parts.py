@@ -8,7 +8,7 @@ atomically by :class:`~pipeline.io.ParquetPartWriter` and carries the same foote
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,10 @@ class RotatingParquetWriter:
         rows_per_part: int,
         prefix: str = "part",
         meta: Mapping[str, Any] | None = None,
+        finished: Sequence[tuple[str, int]] = (),
     ):
+        """``finished``: ``(name, rows)`` of parts already in ``directory`` (a resumed build):
+        they are kept, and numbering goes on after them."""
         if rows_per_part < 1:
             raise ValueError(f"rows_per_part must be at least 1, got {rows_per_part}")
         self.directory = Path(directory)
@@ -40,9 +43,9 @@ class RotatingParquetWriter:
         self.rows_per_part = rows_per_part
         self.prefix = prefix
         self.meta = meta
-        self.parts: list[str] = []  # file names, in the order written
-        self.part_rows: list[int] = []  # rows of each finished part
-        self.rows = 0
+        self.parts: list[str] = [name for name, _ in finished]  # file names, in order written
+        self.part_rows: list[int] = [rows for _, rows in finished]  # rows of each finished part
+        self.rows = sum(self.part_rows)
         self._writer: ParquetPartWriter | None = None
 
     @property

@@ -3,15 +3,17 @@
 One row per (user, rank): ``user_id``, ``rank`` (1..K, int32), ``item_id``, ``score``
 (float32), ``method``, ``model_version``; in the users' order then by rank. Each chunk of users
 is one Parquet row group; a part is closed between chunks once it holds :data:`ROWS_PER_PART`
-rows (:class:`pipeline.io.parts.RotatingParquetWriter`).
+rows (:class:`pipeline.io.parts.RotatingParquetWriter`). Each time a part is finished the
+writer reports its :class:`Progress` (parts, rows, users done), so that a killed run can go
+on after its last finished part.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +37,43 @@ SCHEMA = pa.schema(
 ROWS_PER_PART = 5_000_000
 
 
+@dataclass
+class Progress:
+    """The finished parts of a partition being built and what they hold: the lists of the
+    first ``users`` planned users (``non_finite`` among them got none)."""
+
+    users: int = 0
+    parts: list[str] = field(default_factory=list)
+    part_rows: list[int] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list)
+
+
 class ListWriter:
-    """Chunks of top-K item indices and scores, as rows of :data:`SCHEMA` in rotating parts."""
+    """Chunks of top-K item indices and scores, as rows of :data:`SCHEMA` in rotating parts;
+    after ``done`` (parts already in ``directory``), reporting each finished part to
+    ``on_part``."""
 
     def __init__(
-        self, directory: Path, item_ids: np.ndarray, method: str, version: str, meta: dict
+        self,
+        directory: Path,
+        item_ids: np.ndarray,
+        method: str,
+        version: str,
+        meta: dict,
+        done: Progress | None = None,
+        on_part: Callable[[Progress], None] | None = None,
     ):
+        done = done or Progress()
         self.items = pa.array(item_ids, pa.string())
         self.method = pa.array([method], pa.string())
         self.version = pa.array([version], pa.string())
-        self._parts = RotatingParquetWriter(directory, SCHEMA, ROWS_PER_PART, meta=meta)
+        finished = list(zip(done.parts, done.part_rows, strict=True))
+        self._parts = RotatingParquetWriter(
+            directory, SCHEMA, ROWS_PER_PART, meta=meta, finished=finished
+        )
+        self.users = done.users
+        self.non_finite = list(done.non_finite)
+        self._on_part = on_part
 
     @property
     def parts(self) -> list[str]:
@@ -54,9 +83,32 @@ class ListWriter:
     def rows(self) -> int:
         return self._parts.rows
 
-    def write(self, user_ids: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> int:
+    def write(
+        self,
+        user_ids: np.ndarray,
+        idx: np.ndarray,
+        vals: np.ndarray,
+        bad: np.ndarray | None = None,
+    ) -> int:
         """Rows of users ``user_ids`` (c,), best items ``idx`` (c, k) with scores ``vals``;
-        ``-inf`` scores are no item (fewer than k left, or no list)."""
+        ``-inf`` scores are no item (fewer than k left, or no list); ``bad`` users (a vector
+        that was not finite) get no list."""
+        users, finished, non_finite = self.users, len(self._parts.part_rows), len(self.non_finite)
+        n = self._rows(user_ids, idx, vals, bad)
+        self.users += len(user_ids)
+        if self._on_part is not None and len(self._parts.part_rows) > finished:
+            # this write closed the open part first: it holds every user before this chunk
+            part_rows = list(self._parts.part_rows)
+            parts = self._parts.parts[: len(part_rows)]
+            self._on_part(Progress(users, parts, part_rows, self.non_finite[:non_finite]))
+        return n
+
+    def _rows(
+        self, user_ids: np.ndarray, idx: np.ndarray, vals: np.ndarray, bad: np.ndarray | None
+    ) -> int:
+        if bad is not None and bad.any():
+            self.non_finite += user_ids[bad].tolist()
+            vals = np.where(bad[:, None], -np.inf, vals).astype(vals.dtype, copy=False)
         c, k = idx.shape
         valid = np.isfinite(vals)
         if valid.all():
@@ -150,24 +202,24 @@ def write_lists(
     method: str,
     version: str,
     meta: dict,
+    done: Progress | None = None,
+    on_part: Callable[[Progress], None] | None = None,
 ) -> Written:
     """Write every chunk's lists (users ``user_ids[chunk.lo:]``) into ``directory``'s parts.
 
-    On any failure the open part is dropped and the error raised; the caller writes into a
-    temporary directory that it then discards.
+    ``done``: what a killed run finished (the chunks start at ``done.users``); ``on_part``
+    gets the :class:`Progress` each time a part is finished. On any failure the open part is
+    dropped and the error raised; finished parts stay (the caller builds in a directory that
+    it either swaps in or resumes).
     """
-    lists = ListWriter(directory, item_ids, method, version, meta)
+    lists = ListWriter(directory, item_ids, method, version, meta, done, on_part)
     writer = BackgroundWriter(lists)
-    non_finite: list[str] = []
     try:
         for chunk in chunks:
             ids = user_ids[chunk.lo : chunk.lo + len(chunk.idx)]
-            if chunk.bad.any():
-                non_finite += ids[chunk.bad].tolist()
-                chunk.vals[chunk.bad] = -np.inf
-            writer.write(ids, chunk.idx, chunk.vals)
+            writer.write(ids, chunk.idx, chunk.vals, chunk.bad)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return Written(lists.parts, lists.rows, non_finite)
+    return Written(lists.parts, lists.rows, lists.non_finite)

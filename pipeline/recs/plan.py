@@ -9,6 +9,7 @@ of :data:`REASONS`; nobody is dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -123,6 +124,16 @@ class Plan:
     fold_history: foldin.History  # their usable source interactions
     rejects: list[tuple[str | None, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """sha256 of who is scored and with what (ids, rows, exclusions, fold-in history)."""
+        h = hashlib.sha256("\n".join(self.user_ids.tolist()).encode())
+        h.update("\n".join(self.fold_ids.tolist()).encode())
+        for arr in (self.known_rows, self.exclude_indptr, self.exclude_items):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        for arr in (self.fold_history.indptr, self.fold_history.items, self.fold_history.ratings):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
     def reject_fold_ins(self, reason: str) -> None:
         """Move the users to fold in to the rejects with ``reason``; the known users stay."""
