@@ -12,7 +12,11 @@ Faults apply to the first ``times`` requests for a path (every request when ``ti
 - ``hold``: answer only once :meth:`LocalHTTPServer.release` is called for the path, or the
   server stops (a server that never answers: the client's timeout fires, however slow the
   machine is);
-- ``ignore_range``: answer a Range request with 200 and the whole file.
+- ``ignore_range``: answer a Range request with 200 and the whole file;
+- ``rate``: send the body at about this many bytes per second (a slow server);
+- ``content_length``: announce this Content-Length whatever the body's (a wrong header:
+  more than is sent, or less, so that the client stops early);
+- ``redirect``: answer 302 with this Location (a redirect loop when it points back).
 
 Per path, always: ``content_type`` (e.g. ``text/html`` for a page where an image was expected)
 and extra ``headers`` (e.g. ``{"Retry-After": "2"}``). Every request is recorded in
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -58,6 +63,9 @@ class Route:
     drop_after: int | None = None
     hold: bool = False
     ignore_range: bool = False
+    rate: int | None = None
+    content_length: int | None = None
+    redirect: str | None = None
     times: int | None = None
     served: int = 0
     released: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +103,9 @@ class LocalHTTPServer:
         drop_after: int | None = None,
         hold: bool = False,
         ignore_range: bool = False,
+        rate: int | None = None,
+        content_length: int | None = None,
+        redirect: str | None = None,
         times: int | None = None,
     ) -> str:
         """Serve ``data`` (or the directory's file) at ``path`` with the given faults; return its URL."""
@@ -107,6 +118,9 @@ class LocalHTTPServer:
             drop_after=drop_after,
             hold=hold,
             ignore_range=ignore_range,
+            rate=rate,
+            content_length=content_length,
+            redirect=redirect,
             times=times,
         )
         with self._lock:
@@ -217,6 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
             route.released.wait()
             if owner._stopped:
                 return
+        if faulty and route.redirect is not None:
+            self._send_status(302, route, body, {"Location": route.redirect})
+            return
         if faulty and route.status is not None:
             self._send_status(route.status, route, body)
             return
@@ -236,7 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         self.send_response(status)
         self.send_header("Content-Type", route.content_type)
-        self.send_header("Content-Length", str(end - start))
+        length = route.content_length if faulty and route.content_length is not None else None
+        self.send_header("Content-Length", str(end - start if length is None else length))
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
@@ -251,7 +269,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True  # the client sees EOF before Content-Length bytes
             return
-        self.wfile.write(payload)
+        if faulty and route.rate is not None:
+            step = max(1, route.rate // 20)
+            for i in range(0, len(payload), step):
+                if owner._stopped:
+                    return
+                self.wfile.write(payload[i : i + step])
+                self.wfile.flush()
+                time.sleep(0.05)
+        elif length is not None and length < len(payload):
+            self.wfile.write(payload[:length])
+        else:
+            self.wfile.write(payload)
+        if length is not None and length != len(payload):
+            self.close_connection = True
 
     def _send_status(
         self, status: int, route: Route, body: bool, extra: dict[str, str] | None = None
