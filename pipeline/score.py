@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import cli, engine, paths
+from pipeline import cli, cpu, engine, paths
 from pipeline.cdr import store
 from pipeline.config import Params
 from pipeline.config.score import ScoreParams, check_date
@@ -101,9 +101,10 @@ def score(
         scorer.sampling_steps(sp.steps),
         torch.no_grad(),
         engine.running(sp.engine),
+        cpu.Job("score"),  # torch threads: this job's share of the cores
     ):
-        tmp, start = build.dir, build.done.users
-        chunks, device = _ranked(scorer, n, exclude, sp, device, progress, start)
+        tmp, done = build.dir, build.done.users
+        chunks, device = _ranked(scorer, n, exclude, sp, device, progress, done)
         meta = {"method": name, "model_version": version, "date": date, "k": sp.k}
         written = lists.write_lists(
             tmp, todo.user_ids, chunks, data.tgt_item_ids, name, version, meta,
