@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from pipeline import cli, distributed, engine, paths
+from pipeline import cli, cpu, distributed, engine, paths
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.features import item_batches
@@ -103,15 +103,16 @@ def _encode_here(
     cache.update(journal.cache(ids, dims))  # what a killed run encoded
     meta = store_meta(p, encoders)
     tables, counts = [], []
-    for lo in range(0, max(items.height, 1), CHUNK_ITEMS):
-        table, chunk_counts = encode_rank(
-            p, items.slice(lo, CHUNK_ITEMS), encoders, cache, image_store
-        )
-        if items.height > CHUNK_ITEMS:
-            journal.add(lo // CHUNK_ITEMS, table, meta)
-            cache.update(table_cache(table, dict.fromkeys(ids, True), dims))
-        tables.append(table)
-        counts.append(chunk_counts)
+    with cpu.Job("item_features") as job:  # torch threads: this job's share of the cores
+        for lo in range(0, max(items.height, 1), CHUNK_ITEMS):
+            job.rebalance()
+            chunk = items.slice(lo, CHUNK_ITEMS)
+            table, chunk_counts = encode_rank(p, chunk, encoders, cache, image_store)
+            if items.height > CHUNK_ITEMS:
+                journal.add(lo // CHUNK_ITEMS, table, meta)
+                cache.update(table_cache(table, dict.fromkeys(ids, True), dims))
+            tables.append(table)
+            counts.append(chunk_counts)
     write_store(pa.concat_tables(tables), meta, out_path)
     journal.remove()
     total = sum_counts(counts)

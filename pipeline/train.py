@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pipeline import cli, paths
+from pipeline import cli, cpu, paths
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, harness, store
 from pipeline.config import Params
@@ -40,7 +40,8 @@ def train(params: Params) -> harness.Fitted:
     extra = features.condition_extra(
         data, tp, pair.source, paths.USER_PROFILES, paths.ITEM_FEATURES
     )
-    fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, extra)
+    with cpu.Job("train"):  # counted by the other CPU-heavy jobs on this machine
+        fitted = harness.fit(data, tp.methods, tp.method_configs(), tp.base, tp.seed, extra)
     meta = {
         "dataset": params.dataset.name,
         "source": pair.source,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import cli, distributed, engine, paths
+from pipeline import cli, cpu, distributed, engine, paths
 from pipeline.config import Params
 from pipeline.features import profile_batches
 from pipeline.features.encoders.text import load_item_text_encoder
@@ -95,10 +95,10 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
         log.info("resuming: %d profiles from an interrupted run are kept", len(resumed))
     old = {**resumed, **previous_profiles(store)}
     records, todo, suspicious = plan_users(users, rows, p.max_items, settings, old, source)
-    with engine.running(p.engine):
+    with engine.running(p.engine), cpu.Job("user_profiles") as job:
         start = time.perf_counter()
         if todo:
-            _generate(p, prompt, todo, source, target, journal)
+            _generate(p, prompt, todo, source, target, journal, job)
         gen_seconds = time.perf_counter() - start
         for rec in records:
             rec.setdefault("model", key)
@@ -138,9 +138,10 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
 
 def _generate(
     p: UserProfilesParams, prompt: Prompt, todo: list[dict], source: str, target: str,
-    journal: Journal,
+    journal: Journal, job: cpu.Job,
 ) -> None:  # fmt: skip
-    """Profiles of the pending users, each finished batch journalled (resumable)."""
+    """Profiles of the pending users, each finished batch journalled (resumable), the torch
+    threads resized between batches to this job's share of the cores."""
     if p.engine == "ray":
         profile_batches.generate_on_ray(p, todo, source, target, journal)
         return
@@ -148,6 +149,7 @@ def _generate(
 
         def on_batch(batch: list[dict]) -> None:
             journal.append(batch, writer.model_id)
+            job.rebalance()
 
         generate_profiles(writer, prompt, todo, p, source, target, on_batch)
     for rec in todo:
