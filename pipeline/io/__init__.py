@@ -245,16 +245,23 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+# Unicode White_Space: what polars' ``str.strip_chars()`` trims (Python's ``str.strip()`` also
+# trims the control characters 0x1C-0x1F): one definition of "spaces around an id".
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+WHITESPACE += "\u2028\u2029\u202f\u205f\u3000"
+
+
 def read_id_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """``(line number, id)`` of a text file with one id per line: UTF-8 (a BOM is dropped),
-    any line ending, surrounding spaces trimmed; blank lines and ``#`` comments skipped."""
+    any line ending, surrounding :data:`WHITESPACE` trimmed; blank lines and ``#`` comments
+    skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", path=path) from None
     for number, raw in enumerate(text.splitlines(), start=1):
-        value = raw.strip()
+        value = raw.strip(WHITESPACE)
         if value and not value.startswith("#"):
             yield number, value
 
