@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import model_validator
 
 from pipeline.config import Section
+
+# A domain name is a directory name under data/raw (and a label in every table).
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class DomainSpec(Section):
@@ -27,6 +31,10 @@ class DatasetParams(Section):
         if len(self.domains) < 2:
             raise ValueError("domains: name at least two domains (a source and a target)")
         for name, spec in self.domains.items():
+            if not DOMAIN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"domains: '{name}' is not a domain name (letters, digits, '_' and '-')"
+                )
             if self.format.startswith("amazon") and not spec.category:
                 raise ValueError(f"domains.{name}.category: required for format {self.format}")
             if self.format == "recbole" and not spec.inter:

@@ -152,6 +152,8 @@ class OpenAIWriter:
             resp.raise_for_status()
             choice = resp.json()["choices"][0]
             text = choice["message"]["content"] or ""
+            if not isinstance(text, str):  # a server's answer is untrusted too
+                raise ValueError(f"the message content is a {type(text).__name__}, not text")
             return text if choice.get("finish_reason") != "length" else text + RUNAWAY_MARK
 
         try:
