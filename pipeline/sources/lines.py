@@ -44,12 +44,9 @@ def iter_lines(path: str | Path, damage: DamageLog) -> Iterator[tuple[int, str]]
             for number, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    damage.skip(number, None, f"not valid UTF-8 (byte {exc.start})", "not_utf8")
-                    continue
-                yield number, text
+                text = decode_line(number, raw, damage)
+                if text is not None:
+                    yield number, text
     except EOFError:
         reason = "the gzip file is truncated (it ends before the gzip end marker)"
     except (gzip.BadGzipFile, zlib.error) as exc:
@@ -59,6 +56,15 @@ def iter_lines(path: str | Path, damage: DamageLog) -> Iterator[tuple[int, str]]
     raise InputError(
         f"{reason} after line {number}: download it again (`dvc repro download`)", path=path
     )
+
+
+def decode_line(number: int, raw: bytes, damage: DamageLog) -> str | None:
+    """The text of line ``number``, or None (and a skip recorded) where it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        damage.skip(number, None, f"not valid UTF-8 (byte {exc.start})", "not_utf8")
+        return None
 
 
 def batches(
