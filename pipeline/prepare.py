@@ -30,14 +30,13 @@ import polars as pl
 from pipeline import cli, paths
 from pipeline.config import Params
 from pipeline.errors import InputError
-from pipeline.io import read_json, scratch_dir, sink_parquet, write_json
-from pipeline.schemas import INTERACTIONS, polars_schema
-from pipeline.tables.entities import items_table, users_table
+from pipeline.io import read_json, scratch_dir, write_json
+from pipeline.tables.assemble import write_interactions, write_items, write_users
 from pipeline.tables.interactions import (
     duplicate_stats,
     empty_domains,
     k_core,
-    merge_duplicates,
+    merge_buckets,
     rating_scale,
 )
 from pipeline.tables.parse import parse_domains
@@ -78,11 +77,10 @@ def prepare(
     inter_parts, meta_parts, skipped = parse_domains(fmt, entries, domains, prep.max_bad_fraction)
 
     with scratch_dir(paths.PARSE_CACHE.parent / "prepare") as work:
-        merged = work / "merged.parquet"
-        merge_duplicates(inter_parts, prep.duplicates).sink_parquet(merged)
+        merged = merge_buckets(inter_parts, prep.duplicates, work)
         dups = duplicate_stats(merged)
-        interactions = pl.scan_parquet(k_core(merged, prep.k_core, work)).select(INTERACTIONS.names)
-        empty = empty_domains(interactions, domains)
+        kept = k_core(merged, prep.k_core, work)
+        empty = empty_domains(pl.scan_parquet(kept), domains)
         if empty:
             raise InputError(
                 f"domain '{empty[0]}' has no interactions left after the {prep.k_core}-core "
@@ -96,22 +94,20 @@ def prepare(
             "k_core": prep.k_core,
         }
         scale = rating_scale(inter_parts)
-        sink_parquet(
-            interactions.sort(["domain", "user_id", "item_id"]).cast(polars_schema(INTERACTIONS)),
-            out_dir / "interactions.parquet",
-            {**meta, "rating_scale": scale},
-        )
-        inter = pl.scan_parquet(out_dir / "interactions.parquet")
-        sink_parquet(items_table(inter, meta_parts), out_dir / "items.parquet", meta)
-        sink_parquet(users_table(inter), out_dir / "users.parquet", meta)
-        items = pl.scan_parquet(out_dir / "items.parquet")
+        files = {name: out_dir / f"{name}.parquet" for name in ("interactions", "items", "users")}
+        write_interactions(kept, domains, files["interactions"], {**meta, "rating_scale": scale})
+        overlap = write_users(kept, domains, files["users"], meta, work)
+        write_items(files["interactions"], meta_parts, domains, files["items"], meta, work)
         header = {
             "dataset": dataset.name,
             "format": dataset.format,
             "duplicates_policy": prep.duplicates,
             "k_core": prep.k_core,
         }
-        stats = data_stats(inter, items, dups, scale, skipped, header)
+        inter, items, users = (
+            pl.scan_parquet(files[n]) for n in ("interactions", "items", "users")
+        )
+        stats = data_stats(inter, items, users, dups, overlap, scale, skipped, header)
     write_json(stats, paths.DATA_STATS)
     _log_summary(stats, out_dir)
     return stats

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.tables import STREAMING
+from pipeline.tables.buckets import bucket_count, key_ranges
 
 log = logging.getLogger("prepare")
 
@@ -22,24 +23,45 @@ def _merge_rule(policy: str) -> pl.Expr:
     return rating.sort_by(["event_timestamp", "line"], nulls_last=False).last()
 
 
-def merge_duplicates(parts: dict[str, Path], policy: str) -> pl.LazyFrame:
+def merge_duplicates(
+    parts: dict[str, Path], policy: str, where: pl.Expr | None = None
+) -> pl.LazyFrame:
     """The parsed interaction parts (domain -> part) with repeated (user, item) rows of a
     domain merged by ``policy`` (mean | last | max); ``n_duplicates`` counts the rows merged
-    into each, ``n_distinct`` their distinct ratings."""
-    frames = [pl.scan_parquet(p).with_columns(domain=pl.lit(d)) for d, p in parts.items()]
-    return (
-        pl.concat(frames)
-        .group_by(["domain", "user_id", "item_id"])
-        .agg(
-            rating=_merge_rule(policy).cast(pl.Float32),
-            event_timestamp=pl.col("event_timestamp").max(),
-            n_duplicates=pl.len().cast(pl.Int32),
-            n_distinct=pl.col("rating").n_unique(),
-        )
+    into each, ``n_distinct`` their distinct ratings. ``where``: only the rows it keeps (a
+    range of users, :mod:`pipeline.tables.buckets`)."""
+    frames = pl.concat(
+        [pl.scan_parquet(p).with_columns(domain=pl.lit(d)) for d, p in parts.items()]
+    )
+    if where is not None:
+        frames = frames.filter(where)
+    return frames.group_by(["domain", "user_id", "item_id"]).agg(
+        rating=_merge_rule(policy).cast(pl.Float32),
+        event_timestamp=pl.col("event_timestamp").max(),
+        n_duplicates=pl.len().cast(pl.Int32),
+        n_distinct=pl.col("rating").n_unique(),
     )
 
 
-def duplicate_stats(merged: Path) -> pl.DataFrame:
+def merge_buckets(parts: dict[str, Path], policy: str, work: Path) -> list[Path]:
+    """:func:`merge_duplicates` one range of users at a time (every row of a user lands in the
+    same range, so its duplicates meet), each range sorted by domain, user and item and written
+    to a file under ``work``, in user order; memory is bounded by the range, not the release."""
+    frames = pl.concat([pl.scan_parquet(p) for p in parts.values()])
+    rows = frames.select(pl.len()).collect().item()
+    n = bucket_count(rows)
+    out = []
+    for i, where in enumerate(key_ranges(frames, "user_id", rows, n)):
+        path = work / f"merged-{i}.parquet"
+        merged = merge_duplicates(parts, policy, where)
+        merged.sort(["domain", "user_id", "item_id"]).sink_parquet(path)
+        out.append(path)
+    if n > 1:
+        log.info("merged %d parsed rows in %d ranges of users", rows, n)
+    return out
+
+
+def duplicate_stats(merged: list[Path]) -> pl.DataFrame:
     """Per domain: rows parsed, pairs that repeat, rows merged away, pairs whose ratings differ."""
     return (
         pl.scan_parquet(merged)
@@ -54,22 +76,35 @@ def duplicate_stats(merged: Path) -> pl.DataFrame:
     )
 
 
-def k_core(path: Path, k: int, work: Path) -> Path:
+def k_core(paths: list[Path], k: int, work: Path) -> list[Path]:
     """Iteratively keep users and items with at least ``k`` interactions in their domain; the
-    passes are written under ``work``. ``k`` <= 1 keeps everything."""
+    passes are written under ``work``. ``paths``: the merged interactions, one sorted range of
+    users per file (a user's count is its file's; an item's is counted over all files first).
+    ``k`` <= 1 keeps everything."""
     if k <= 1:
-        return path
-    current, n_rows = path, pl.scan_parquet(path).select(pl.len()).collect().item()
+        return paths
+    current, n_rows = paths, _rows(paths)
     for step in range(1, 100):
-        lf = pl.scan_parquet(current)
-        users = lf.group_by(["domain", "user_id"]).len().filter(pl.col("len") >= k)
-        items = lf.group_by(["domain", "item_id"]).len().filter(pl.col("len") >= k)
-        kept = lf.join(users, on=["domain", "user_id"], how="semi").join(
-            items, on=["domain", "item_id"], how="semi"
+        items = work / f"kcore-{step}-items.parquet"
+        (
+            pl.scan_parquet(current)
+            .group_by(["domain", "item_id"])
+            .len()
+            .filter(pl.col("len") >= k)
+            .select("domain", "item_id")
+            .sink_parquet(items)
         )
-        nxt = work / f"kcore-{step}.parquet"
-        kept.sink_parquet(nxt)
-        n_next = pl.scan_parquet(nxt).select(pl.len()).collect().item()
+        nxt = []
+        for i, path in enumerate(current):
+            lf = pl.scan_parquet(path)
+            users = lf.group_by(["domain", "user_id"]).len().filter(pl.col("len") >= k)
+            keys = {"how": "semi", "maintain_order": "left"}  # the range stays sorted
+            kept = lf.join(users, on=["domain", "user_id"], **keys).join(
+                pl.scan_parquet(items), on=["domain", "item_id"], **keys
+            )
+            nxt.append(work / f"kcore-{step}-{i}.parquet")
+            kept.sink_parquet(nxt[-1])
+        n_next = _rows(nxt)
         log.info("k-core %d, pass %d: %d -> %d interactions", k, step, n_rows, n_next)
         if n_next == n_rows:
             return nxt
@@ -77,9 +112,14 @@ def k_core(path: Path, k: int, work: Path) -> Path:
     return current
 
 
+def _rows(paths: list[Path]) -> int:
+    return pl.scan_parquet(paths).select(pl.len()).collect().item()
+
+
 def empty_domains(interactions: pl.LazyFrame, domains: list[str]) -> list[str]:
     """The ``domains`` without a single interaction left."""
-    present = set(interactions.select(pl.col("domain").unique()).collect()["domain"].to_list())
+    present = interactions.select(pl.col("domain").unique()).collect(**STREAMING)
+    present = set(present["domain"].to_list())
     return [d for d in domains if d not in present]
 
 

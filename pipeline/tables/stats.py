@@ -3,8 +3,6 @@ records skipped, metadata coverage."""
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import polars as pl
 
 from pipeline.tables import STREAMING
@@ -13,26 +11,32 @@ from pipeline.tables import STREAMING
 def data_stats(
     inter: pl.LazyFrame,
     items: pl.LazyFrame,
+    users: pl.LazyFrame,
     dups: pl.DataFrame,
+    overlap: dict[str, int],
     scale: dict[str, dict | None],
     skipped: dict,
     header: dict,
 ) -> dict:
-    """The statistics of the final tables. ``dups``: :func:`~pipeline.tables.interactions.
-    duplicate_stats`; ``scale``: :func:`~pipeline.tables.interactions.rating_scale` (each
-    domain's ``rating_min`` / ``rating_max``, null for implicit feedback); ``skipped``: records
-    skipped per raw file; ``header``: what produced the tables."""
+    """The statistics of the final tables (every query a streaming one over a few groups).
+    ``dups``: :func:`~pipeline.tables.interactions.duplicate_stats`; ``overlap``: users in both
+    domains of each pair (:func:`~pipeline.tables.assemble.write_users`); ``scale``:
+    :func:`~pipeline.tables.interactions.rating_scale` (each domain's ``rating_min`` /
+    ``rating_max``, null for implicit feedback); ``skipped``: records skipped per raw file;
+    ``header``: what produced the tables."""
     per_domain = (
         inter.group_by("domain")
         .agg(
             interactions=pl.len(),
-            users=pl.col("user_id").n_unique(),
-            items=pl.col("item_id").n_unique(),
             rating_mean=pl.col("rating").mean(),
             explicit=pl.col("rating").is_not_null().all(),
         )
         .collect(**STREAMING)
     )
+    # One users row per (user, domain), one items row per (domain, item) with interactions.
+    for table, name in ((users, "users"), (items, "items")):
+        counts = table.group_by("domain").agg(pl.len().alias(name)).collect(**STREAMING)
+        per_domain = per_domain.join(counts, on="domain", how="left")
     item_stats = (
         items.group_by("domain")
         .agg(
@@ -58,21 +62,6 @@ def data_stats(
     return {
         **header,
         "domains": domains,
-        "overlap_users": _overlap(inter, sorted(domains)),
+        "overlap_users": overlap,
         "records_skipped": dict(sorted(skipped.items())),
     }
-
-
-def _overlap(inter: pl.LazyFrame, domains: list[str]) -> dict[str, int]:
-    """Users with history in both domains, for every pair (``"a|b"``)."""
-    users = inter.select("domain", "user_id").unique()
-    overlap = {}
-    for a, b in combinations(domains, 2):
-        overlap[f"{a}|{b}"] = (
-            users.filter(pl.col("domain") == a)
-            .join(users.filter(pl.col("domain") == b), on="user_id", how="semi")
-            .select(pl.len())
-            .collect(**STREAMING)
-            .item()
-        )
-    return overlap
