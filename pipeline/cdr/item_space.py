@@ -131,7 +131,7 @@ class RidgeBasis:
 def penalty_grid(unit: float) -> list[float]:
     """Ridge penalties tried on validation users: multiples of the mean diagonal of Xs'Xs, so
     that the grid means the same on a data set of any size or density."""
-    return [unit * m for m in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)]
+    return [unit * m for m in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)]
 
 
 def cosine_neighbours(xs: sp.csr_matrix, xt: sp.csr_matrix, n: int) -> sp.csr_matrix:
