@@ -25,9 +25,17 @@ import polars as pl
 from pipeline import cli, paths
 from pipeline.config import Params
 from pipeline.errors import InputError
-from pipeline.io import read_parquet, write_json, write_parquet
+from pipeline.io import ParquetPartWriter, read_parquet, unreadable, write_json
 from pipeline.schemas import ROLES, SPLIT
-from pipeline.tables.roles import assign_roles
+from pipeline.tables.roles import (
+    ROLE_CODES,
+    TEST,
+    TRAIN,
+    VALID,
+    cold_codes,
+    role_ranges,
+    survey_pair,
+)
 
 log = logging.getLogger("split")
 PARAMS = ("pair", "split")  # read here; dvc.yaml lists the same
@@ -35,49 +43,48 @@ PARAMS = ("pair", "split")  # read here; dvc.yaml lists the same
 
 def split(params: Params, users_path: Path = paths.USERS, out: Path = paths.ROLES) -> dict:
     source, target = params.pair.source, params.pair.target
-    users = read_parquet(users_path, columns=["user_id", "domain", "n_interactions"])
-    counts = {
-        d: dict(users.filter(pl.col("domain") == d).select("user_id", "n_interactions").iter_rows())
-        for d in (source, target)
-    }
-    for role, domain in (("source", source), ("target", target)):
-        if not counts[domain]:
+    # Read here whole only to check the file and count it; then a range of users at a time.
+    rows = len(read_parquet(users_path, columns=["n_interactions"]))
+    users = pl.scan_parquet(users_path).select("user_id", "domain", "n_interactions")
+    try:
+        pair = survey_pair(users, rows, source, target)
+    except pl.exceptions.PolarsError as exc:
+        raise unreadable(users_path, exc, "run the stage that writes it again") from None
+    for role, n, domain in (("source", pair.n_source, source), ("target", pair.n_target, target)):
+        if not n:
             raise InputError(
                 f"pair.{role} '{domain}' has no users in the prepared data", path=users_path
             )
-    overlap = counts[source].keys() & counts[target].keys()
-    if not overlap:
+    n_overlap = len(pair.overlap)
+    if not n_overlap:
         raise InputError(
             f"domains '{source}' and '{target}' share no user: cross-domain transfer needs users "
             "with history in both (pick another pair)",
             path=users_path,
             field="user_id",
         )
-    roles = assign_roles(set(counts[source]), set(counts[target]), params.split)
-    n_train = sum(r == "train_overlap" for r in roles.values())
-    if n_train == 0:
+    codes = cold_codes(pair, params.split)
+    counts = {
+        "source_only": pair.n_source - n_overlap,
+        "side": pair.n_target - n_overlap,
+        **{ROLE_CODES[c]: int((codes == c).sum()) for c in (TRAIN, VALID, TEST)},
+    }
+    if not counts["train_overlap"]:
         raise InputError(
-            f"no training users are left among the {len(overlap)} overlapping users: lower "
+            f"no training users are left among the {n_overlap} overlapping users: lower "
             "split.test_fraction / split.valid_fraction",
             path=users_path,
         )
-    ids = sorted(roles)
-    table = pl.DataFrame(
-        {
-            "user_id": ids,
-            "role": [roles[u] for u in ids],
-            "n_source": [counts[source].get(u, 0) for u in ids],
-            "n_target": [counts[target].get(u, 0) for u in ids],
-        }
-    )
     summary = {
         "source": source,
         "target": target,
         "seed": params.split.seed,
         "test_users_file": params.split.test_users_file,
-        "users": {r: sum(v == r for v in roles.values()) for r in ROLES},
+        "users": {r: counts[r] for r in ROLES},
     }
-    write_parquet(table, out, summary, schema=SPLIT)
+    with ParquetPartWriter(out, SPLIT, summary) as writer:
+        for table in role_ranges(users, pair, codes, source, target):
+            writer.write(table.to_arrow())
     write_json(summary, paths.SPLIT_STATS)
     log.info(
         "%s -> %s: %s; wrote %s",

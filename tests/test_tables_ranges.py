@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from benchmarks.amazon_like import generate
-from pipeline import download, prepare
+from pipeline import download, prepare, split
 from pipeline.config import load_params
 from pipeline.tables import assemble, buckets
 from tests.conftest import write_params
@@ -84,3 +84,21 @@ def test_the_injected_damage_is_what_prepare_reports(workdir, mirror):
         assert counts["users"] <= made["users"] and counts["items"] <= made["items_reviewed"]
         assert 0.9 < counts["metadata_coverage"] < 1.0  # reviewed items without a record
     assert stats["overlap_users"]["books|movies"] > 0
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_roles_read_in_key_ranges_equal_one_piece(workdir, mirror, monkeypatch, pinned):
+    run(workdir, mirror)
+    overrides = {}
+    if pinned:
+        users = pl.read_parquet("data/prepared/users.parquet")
+        both = users.group_by("user_id").len().filter(pl.col("len") == 2)["user_id"].sort()
+        (workdir / "test_users.txt").write_text("\n".join(both[::7].to_list()) + "\n")
+        overrides = {"test_users_file": str(workdir / "test_users.txt")}
+    write_params(workdir / "p2.yaml", split=overrides)
+    whole = split.split(load_params(workdir / "p2.yaml"))
+    roles = pl.read_parquet("data/split/roles.parquet")
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 700)
+    assert split.split(load_params(workdir / "p2.yaml")) == whole
+    assert pl.read_parquet("data/split/roles.parquet").equals(roles)
+    assert roles["role"].value_counts().height == 5
