@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DamageLog, InputError
-from pipeline.schemas import RAW_INTERACTION
+from pipeline.schemas import RAW_INTERACTION, RAW_ITEM
 from pipeline.sources import amazon, blocks
-from pipeline.sources.lines import batches, iter_lines
-from tests.records import review2018, review2023
+from pipeline.sources.lines import batches, iter_lines, json_records
+from tests.records import meta2023, review2018, review2023
 
 GOOD = [review2023(f"U{i}", f"B{i % 7}", 1 + i % 5, 1_600_000_000_000 + i) for i in range(40)]
 # Lines pyarrow and json.loads might read differently, or that only json.loads reads.
@@ -81,7 +81,7 @@ ODD = [
 def by_line(release: str, path) -> tuple[pa.Table, dict]:
     """The per-line reader: json.loads and the extract on every line."""
     damage = DamageLog(str(path), max_bad_fraction=1.0)
-    records = amazon._records(iter_lines(path, damage), damage, literal_ok=False)
+    records = json_records(iter_lines(path, damage), damage, literal_ok=False)
     rows = batches(
         records, amazon.review_extractor(release), RAW_INTERACTION, damage, with_line=True
     )
@@ -125,7 +125,9 @@ def test_every_line_through_pyarrow_is_a_review_read_exactly(tmp_path):
     """Plain lines are read by pyarrow (none goes line by line), with the same values."""
     path = write(tmp_path / "r.jsonl.gz", GOOD)
     block = next(blocks.read_blocks(path))
-    parsed = blocks.parse_block(block, pa.schema([("user_id", pa.string())]))
+    parsed = blocks.parse_block(
+        block, pa.schema([("user_id", pa.string())]), blocks.candidates(block)
+    )
     assert len(parsed.fast) == len(GOOD) and not len(parsed.slow)
     assert by_block("amazon2023", path)[0].equals(by_line("amazon2023", path)[0])
 
@@ -165,4 +167,87 @@ def review_lines(draw) -> bytes:
 def test_any_review_lines_read_as_line_by_line(tmp_path_factory, lines):
     path = write(tmp_path_factory.mktemp("r") / "r.jsonl.gz", [*GOOD[:5], *lines])
     fast, slow = by_block("amazon2023", path), by_line("amazon2023", path)
+    assert fast[0].equals(slow[0]) and fast[1] == slow[1]
+
+
+def meta_by_line(path) -> tuple[pa.Table, dict]:
+    damage = DamageLog(str(path), max_bad_fraction=1.0)
+    records = json_records(iter_lines(path, damage), damage, literal_ok=False)
+    rows = batches(records, amazon.meta_extractor("amazon2023"), RAW_ITEM, damage, with_line=False)
+    return pa.Table.from_batches(list(rows), schema=RAW_ITEM), damage.state()
+
+
+def meta_by_block(path) -> tuple[pa.Table, dict]:
+    damage = DamageLog(str(path), max_bad_fraction=1.0)
+    rows = list(amazon.read_meta("amazon2023", path, damage))
+    return pa.Table.from_batches(rows, schema=RAW_ITEM), damage.state()
+
+
+META_GOOD = [meta2023(f"B{i}", f"Book {i}", price=[9.99, None, 12][i % 3]) for i in range(40)]
+META_ODD = [
+    meta2023("B1", price="$1,299.00"),
+    meta2023("B1", price="$5.99 - $9.99"),
+    meta2023("B1", price="None"),
+    meta2023("B1", price=""),
+    meta2023("B1", price="1e5"),
+    meta2023("B1", price="inf"),
+    meta2023("B1", price=" 7.5 "),
+    meta2023("B1", price="\u0663"),  # an Arabic-Indic digit: float() reads it
+    meta2023("B1", price=-3),
+    meta2023("B1", price=True),
+    meta2023("B1", price=float("nan")),
+    meta2023("B1", details={"price": "$3"}),  # a nested price in text, the item's a number
+    meta2023("B1", title="  Two   spaces\tand a tab "),
+    meta2023("B1", title="\u00a0No-break\u2003em\u3000ideographic\x1cfile-sep"),
+    meta2023("B1", title=""),
+    meta2023("B1", title=12),
+    meta2023("B1", title=["a list"]),
+    meta2023("B1", description="a string"),
+    meta2023("B1", description=["", None, "  x  y ", "z"]),
+    meta2023("B1", description=[]),
+    meta2023("B1", description=[["nested"]]),
+    meta2023("B1", categories=["Books", " Books ", "", None, "Fantasy", "Books"]),
+    meta2023("B1", categories=[], category=["Old style"]),
+    meta2023("B1", categories=None),
+    meta2023("B1", categories="Books"),
+    meta2023("B1", images=[{"large": "", "hi_res": "h", "thumb": "t"}, None, {"thumb": ""}]),
+    meta2023("B1", images=[{"large": 5}]),
+    meta2023("B1", images={"large": "x"}),
+    meta2023("B1", images=None),
+    meta2023("B1", store="  Some\n Press "),
+    meta2023("B1", store=7),
+    meta2023(" B1 "),
+    meta2023(""),
+    '{"parent_asin": "B1", "title": "x", "price": 1',
+    "{}",
+]
+
+
+@pytest.mark.parametrize("block_bytes", [500, 1 << 24])
+def test_odd_metadata_among_good_reads_as_line_by_line(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", block_bytes)
+    lines = [x for pair in zip(META_GOOD, META_ODD, strict=False) for x in pair] + META_ODD
+    path = write(tmp_path / "m.jsonl.gz", lines)
+    fast, slow = meta_by_block(path), meta_by_line(path)
+    assert fast[0].equals(slow[0])
+    assert fast[1] == slow[1]
+
+
+meta_keys = ["title", "description", "categories", "images", "store", "price", "category"]
+
+
+@st.composite
+def meta_lines(draw) -> bytes:
+    record = json.loads(meta2023(draw(st.text(min_size=1, max_size=6))))
+    for key in draw(st.lists(st.sampled_from(meta_keys), max_size=3)):
+        record[key] = draw(json_values | st.lists(st.text(max_size=6), max_size=3))
+    line = json.dumps(record, ensure_ascii=draw(st.booleans()))
+    return line.replace("\n", " ").encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(meta_lines(), min_size=1, max_size=30))
+def test_any_metadata_lines_read_as_line_by_line(tmp_path_factory, lines):
+    path = write(tmp_path_factory.mktemp("m") / "m.jsonl.gz", [*META_GOOD[:5], *lines])
+    fast, slow = meta_by_block(path), meta_by_line(path)
     assert fast[0].equals(slow[0]) and fast[1] == slow[1]

@@ -17,24 +17,20 @@ release    reviews                            metadata
 
 from __future__ import annotations
 
-import ast
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.errors import DamageLog
-from pipeline.schemas import RAW_INTERACTION, RAW_ITEM, TIMESTAMP
-from pipeline.sources.blocks import parse_block, read_blocks
+from pipeline.schemas import RAW_ITEM
+from pipeline.sources.amazon_columns import meta_batches, review_batches
 from pipeline.sources.lines import (
     BadField,
     batches,
-    decode_line,
     iter_lines,
+    json_records,
     price_value,
     rating_value,
     require_id,
@@ -67,38 +63,8 @@ DEFAULT_TEMPLATES = {
 }
 
 
-def _records(
-    lines: Iterable[tuple[int, str]], damage: DamageLog, *, literal_ok: bool
-) -> Iterator[tuple[int, dict]]:
-    for number, text in lines:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            record = _literal(text) if literal_ok else None
-            if record is None:
-                damage.skip(
-                    number, None, f"malformed JSON ({exc.msg}, column {exc.colno})", "bad_json"
-                )
-                continue
-        if not isinstance(record, dict):
-            damage.skip(
-                number, None, f"expected a JSON object, got {type(record).__name__}", "bad_json"
-            )
-            continue
-        yield number, record
-
-
-def _literal(text: str) -> dict | None:
-    # The 2014 metadata files are Python dict literals ({'asin': ...}), not JSON.
-    try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_reviews(release: str, path: str | Path, damage: DamageLog) -> Iterator[pa.RecordBatch]:
-    return _review_batches(path, damage, review_extractor(release), REVIEW_FIELDS[release])
+    return review_batches(path, damage, review_extractor(release), REVIEW_FIELDS[release])
 
 
 def review_extractor(release: str) -> Callable[[dict], tuple]:
@@ -116,72 +82,16 @@ def review_extractor(release: str) -> Callable[[dict], tuple]:
     return extract
 
 
-def _review_batches(
-    path: str | Path, damage: DamageLog, extract: Callable[[dict], tuple], fields: tuple
-) -> Iterator[pa.RecordBatch]:
-    """RAW_INTERACTION batches of a reviews file, a block at a time: pyarrow reads the plain
-    lines (:mod:`pipeline.sources.blocks`); any line whose values it did not read exactly as
-    ``extract`` would take them goes through ``json.loads`` and ``extract``, in line order."""
-    *keys, unit = fields
-    types = (pa.string(), pa.string(), pa.float64(), pa.float64())
-    schema = pa.schema(list(zip(keys, types, strict=True)))
-    misses = 0  # blocks in a row where pyarrow read nothing: it is tried on every 8th only
-    for block in read_blocks(path):
-        parsed = parse_block(block, schema, tries=misses < 2 or misses % 8 == 0)
-        misses = misses + 1 if parsed.missed else 0
-        good = _plain_reviews(parsed.table, keys, unit)
-        fast = _review_rows(parsed.table.filter(good), keys, unit, parsed.fast[good] + block.first)
-        damage.total += fast.num_rows  # each counts as a record read (DamageLog.ok)
-        slow = np.sort(np.r_[parsed.slow, parsed.fast[~good]])
-        raw = ((block.number(i), block.raw(i)) for i in slow)
-        texts = ((n, t) for n, r in raw if (t := decode_line(n, r, damage)) is not None)
-        records = _records(texts, damage, literal_ok=False)
-        rest = [
-            pa.Table.from_batches([b])
-            for b in batches(records, extract, RAW_INTERACTION, damage, with_line=True)
-        ]
-        yield from pa.concat_tables([fast, *rest]).sort_by("line").to_batches()
-
-
-def _plain_reviews(table: pa.Table, keys: list[str], unit: str) -> np.ndarray:
-    """Rows whose values are what the per-line extract takes them to be: ids that need no
-    trimming, a rating in 1..5, a whole-number time in range (or none)."""
-    user, item, rating, time = (table.column(k) for k in keys)
-    ok = pc.and_(_plain_id(user), _plain_id(item))
-    ok = pc.and_(
-        ok, pc.fill_null(pc.and_(pc.greater_equal(rating, 1.0), pc.less_equal(rating, 5.0)), False)
-    )
-    scale = 1000.0 if unit == "ms" else 1.0  # timestamp_value's range, in the file's unit
-    in_range = pc.and_(
-        pc.and_(
-            pc.greater_equal(time, 631_152_000 * scale), pc.less_equal(time, 4_102_444_800 * scale)
-        ),
-        pc.equal(pc.floor(time), time),
-    )
-    ok = pc.and_(ok, pc.or_kleene(pc.is_null(time), in_range))
-    return ok.to_numpy(zero_copy_only=False)
-
-
-def _plain_id(ids: pa.ChunkedArray) -> pa.ChunkedArray:
-    # First and last character printable ASCII: str.strip() leaves it as it is.
-    first = pc.match_substring_regex(ids, r"\A[!-~]")
-    return pc.fill_null(pc.and_(first, pc.match_substring_regex(ids, r"[!-~]\z")), False)
-
-
-def _review_rows(table: pa.Table, keys: list[str], unit: str, lines: np.ndarray) -> pa.Table:
-    user, item, rating, time = (table.column(k) for k in keys)
-    ms = pc.multiply(time, 1000.0) if unit == "s" else time
-    columns = [
-        user,
-        item,
-        pc.cast(rating, pa.float32()),
-        pc.cast(pc.cast(ms, pa.int64()), TIMESTAMP),
-        pa.array(lines, pa.int64()),
-    ]
-    return pa.Table.from_arrays(columns, schema=RAW_INTERACTION)
-
-
 def read_meta(release: str, path: str | Path, damage: DamageLog) -> Iterator[pa.RecordBatch]:
+    extract = meta_extractor(release)
+    if release == "amazon2023":
+        return meta_batches(path, damage, extract)
+    records = json_records(iter_lines(path, damage), damage, literal_ok=release == "amazon2014")
+    return batches(records, extract, RAW_ITEM, damage, with_line=False)
+
+
+def meta_extractor(release: str) -> Callable[[dict], tuple]:
+    """The RAW_ITEM values of one parsed metadata record."""
     key = ITEM_KEY[release]
 
     def extract(record: dict) -> tuple:
@@ -195,8 +105,7 @@ def read_meta(release: str, path: str | Path, damage: DamageLog) -> Iterator[pa.
             price_value(record.get("price")),
         )
 
-    records = _records(iter_lines(path, damage), damage, literal_ok=release == "amazon2014")
-    return batches(records, extract, RAW_ITEM, damage, with_line=False)
+    return extract
 
 
 def _title(value: Any) -> str | None:

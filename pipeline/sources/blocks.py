@@ -12,7 +12,9 @@ their line numbers and the damage log come out exactly the same.
 A line skips pyarrow (goes to the per-line path) when it is blank (then it is no record at all),
 does not start with ``{`` and end with ``}``, holds a control byte (a carriage return, a raw tab)
 or is not UTF-8, holds a bare ``Inf`` (which pyarrow reads as a number and ``json.loads``
-refuses), or makes pyarrow fail (a field of another type than asked for, malformed JSON).
+refuses), or makes pyarrow fail (a field of another type than asked for, malformed JSON; the
+failing row is found and the rest read again, a few times per block). A line that is not one
+object (pyarrow reads top-level ``null`` lines badly: it can crash) never reaches pyarrow.
 """
 
 from __future__ import annotations
@@ -105,20 +107,18 @@ def _block(data: bytes, first: int) -> Block:
     return Block(data, starts, ends, first)
 
 
-def parse_block(block: Block, schema: pa.Schema, tries: bool = True) -> Parsed:
-    """Read the columns of ``schema`` from the block's lines that pyarrow can vouch for;
-    ``tries`` false leaves every line to the per-line path."""
-    fast = _candidates(block) if tries else np.zeros(len(block.starts), dtype=bool)
-    slow = np.flatnonzero(~fast)
+def parse_block(
+    block: Block, schema: pa.Schema, tries: np.ndarray, scope: np.ndarray | None = None
+) -> Parsed:
+    """Read the columns of ``schema`` from the lines ``tries`` marks (a subset of
+    :func:`candidates`); ``slow`` lists the other lines of ``scope`` (a mask, default every
+    line) that are records, and those pyarrow failed on."""
+    scope = np.ones(len(block.starts), dtype=bool) if scope is None else scope
+    fast = tries & scope
+    slow = np.flatnonzero(scope & ~fast)
     slow = slow[[bool(block.raw(i).strip()) for i in slow]]  # blank lines are no records
     fast = np.flatnonzero(fast)
-    # The other lines are blanked out (spaces), which pyarrow skips: row k is line fast[k].
-    data = (
-        block.data
-        if len(fast) == len(block.starts)
-        else _blank(block, np.flatnonzero(~_mask(block, fast)))
-    )
-    table, retries = None, 0
+    data, table, retries = _data(block, fast), None, 0
     while len(fast):
         try:
             table = _read(data, schema, threads=True)
@@ -126,8 +126,8 @@ def parse_block(block: Block, schema: pa.Schema, tries: bool = True) -> Parsed:
             row = _failing_row(data, schema) if retries < MAX_RETRIES else None
             retries += 1
             cut = np.ones(len(fast), dtype=bool) if row is None else np.arange(len(fast)) == row
-            data = _blank(block, fast[cut], data)
             slow, fast = np.sort(np.r_[slow, fast[cut]]), fast[~cut]
+            data = _data(block, fast)
             continue
         if table.num_rows != len(fast):  # lines that pyarrow read otherwise (two objects on one)
             slow, fast, table = np.sort(np.r_[slow, fast]), fast[:0], None
@@ -136,23 +136,38 @@ def parse_block(block: Block, schema: pa.Schema, tries: bool = True) -> Parsed:
     return Parsed(block, schema.empty_table() if missed else table, fast, slow, missed)
 
 
+def matching(block: Block, pattern: re.Pattern) -> np.ndarray:
+    """Mask of the lines in which ``pattern`` matches."""
+    found = np.array([m.start() for m in pattern.finditer(block.data)], dtype=np.int64)
+    mask = np.zeros(len(block.starts), dtype=bool)
+    mask[np.searchsorted(block.starts, found, side="right") - 1] = True
+    return mask
+
+
 def _mask(block: Block, lines: np.ndarray) -> np.ndarray:
     mask = np.zeros(len(block.starts), dtype=bool)
     mask[lines] = True
     return mask
 
 
-def _blank(block: Block, lines: np.ndarray, data: bytes | bytearray | None = None) -> bytearray:
-    """``data`` (the block's) with the given lines overwritten by spaces."""
-    out = bytearray(block.data if data is None else data)
-    for i in lines:
+def _data(block: Block, lines: np.ndarray) -> bytes | bytearray:
+    """The block with only ``lines`` (ascending) left to read, pyarrow's row k being line
+    ``lines[k]``: the other lines blanked out (spaces, which pyarrow skips) or, when they are
+    most, left out."""
+    if len(lines) == len(block.starts):
+        return block.data
+    if 2 * len(lines) < len(block.starts):
+        return b"".join(block.data[block.starts[i] : block.ends[i]] + b"\n" for i in lines)
+    out = bytearray(block.data)
+    for i in np.flatnonzero(~_mask(block, lines)):
         start, end = int(block.starts[i]), int(block.ends[i])
         out[start:end] = b" " * (end - start)
     return out
 
 
-def _candidates(block: Block) -> np.ndarray:
-    """Lines pyarrow may read: an object on one line, printable UTF-8 without a bare Inf."""
+def candidates(block: Block) -> np.ndarray:
+    """Mask of the lines pyarrow may read: an object on one line, printable UTF-8 without a
+    bare Inf."""
     data, starts, ends = block.data, block.starts, block.ends
     buf = np.frombuffer(data, dtype=np.uint8)
     ok = ends > starts

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
+import json
 import math
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,38 @@ def decode_line(number: int, raw: bytes, damage: DamageLog) -> str | None:
     except UnicodeDecodeError as exc:
         damage.skip(number, None, f"not valid UTF-8 (byte {exc.start})", "not_utf8")
         return None
+
+
+def json_records(
+    lines: Iterable[tuple[int, str]], damage: DamageLog, *, literal_ok: bool
+) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every line that is a JSON object; Python dict literals too
+    where ``literal_ok`` (the 2014 metadata files); the others are skipped into ``damage``."""
+    for number, text in lines:
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            record = _literal(text) if literal_ok else None
+            if record is None:
+                damage.skip(
+                    number, None, f"malformed JSON ({exc.msg}, column {exc.colno})", "bad_json"
+                )
+                continue
+        if not isinstance(record, dict):
+            damage.skip(
+                number, None, f"expected a JSON object, got {type(record).__name__}", "bad_json"
+            )
+            continue
+        yield number, record
+
+
+def _literal(text: str) -> dict | None:
+    # The 2014 metadata files are Python dict literals ({'asin': ...}), not JSON.
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def batches(
