@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 from pipeline.io import sink_parquet
 from pipeline.schemas import INTERACTIONS, polars_schema
 from pipeline.tables import STREAMING
-from pipeline.tables.buckets import bucket_count, key_ranges
+from pipeline.tables.buckets import bucket_count, cut_points, split_by_key
 from pipeline.tables.entities import items_table, users_table
+from pipeline.tables.interactions import with_domains
 
 META_BUCKET_BYTES = 256 << 20  # item metadata (titles, descriptions) joined per item range
 
@@ -57,14 +58,26 @@ def write_items(
     meta: Mapping[str, Any], work: Path,
 ) -> None:  # fmt: skip
     """``items.parquet`` from the final interactions, one range of item ids at a time (enough
-    ranges for both the interactions and the metadata texts to fit)."""
+    ranges for both the interactions and the metadata texts to fit): the interactions' item
+    ids and the metadata are cut into those ranges in one pass each, then joined range by
+    range."""
     rows = pl.scan_parquet(inter).select(pl.len()).collect().item()
     text = sum(_bytes(p) for p in meta_parts.values())
     n = max(bucket_count(rows), bucket_count(text, META_BUCKET_BYTES))
+    if n == 1:
+        catalogue = with_domains(meta_parts) if meta_parts else None
+        sink_parquet(items_table(pl.scan_parquet(inter), catalogue), out, meta)
+        return
+    cuts = cut_points(pl.scan_parquet(inter), "item_id", rows, n)
+    ids = split_by_key([(inter, {})], "item_id", cuts, work / "ids", ["domain", "item_id"])
+    texts = [None] * len(ids)
+    if meta_parts:
+        sources = [(p, {"domain": d}) for d, p in meta_parts.items()]
+        texts = [pl.scan_parquet(f) for f in split_by_key(sources, "item_id", cuts, work / "meta")]
     parts = []
-    for i, where in enumerate(key_ranges(pl.scan_parquet(inter), "item_id", rows, n)):
+    for i, (path, catalogue) in enumerate(zip(ids, texts, strict=True)):
         parts.append(work / f"items-{i}.parquet")
-        items_table(pl.scan_parquet(inter), meta_parts, where).sink_parquet(parts[-1])
+        items_table(pl.scan_parquet(path), catalogue).sink_parquet(parts[-1])
     domain = pl.col("domain")
     pieces = [pl.scan_parquet(p).filter(domain == d) for d in sorted(domains) for p in parts]
     sink_parquet(pl.concat(pieces), out, meta)

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from pipeline.schemas import ITEMS, USERS
 
 
-def items_table(
-    inter: pl.LazyFrame, meta_parts: dict[str, Path], where: pl.Expr | None = None
-) -> pl.LazyFrame:
+def items_table(inter: pl.LazyFrame, meta: pl.LazyFrame | None) -> pl.LazyFrame:
     """Every item with interactions, with its metadata where the source has some
-    (``has_metadata`` false otherwise); ``meta_parts``: domain -> parsed metadata part.
-    ``where``: only the items it keeps (a range of item ids, :mod:`pipeline.tables.buckets`)."""
-    if where is not None:
-        inter = inter.filter(where)
+    (``has_metadata`` false otherwise); ``meta``: the parsed metadata of every domain, with a
+    ``domain`` column, in file order (None: the source has none)."""
     counts = inter.group_by(["domain", "item_id"]).agg(n_interactions=pl.len().cast(pl.Int64))
-    if meta_parts:
-        meta = pl.concat(
-            [pl.scan_parquet(p).with_columns(domain=pl.lit(d)) for d, p in meta_parts.items()]
-        )
-        if where is not None:
-            meta = meta.filter(where)
+    if meta is not None:
         # A catalogue may list an item twice: the first record wins (file order).
         meta = meta.unique(subset=["domain", "item_id"], keep="first", maintain_order=True)
         items = counts.join(

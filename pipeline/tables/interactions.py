@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.tables import STREAMING
-from pipeline.tables.buckets import bucket_count, key_ranges
+from pipeline.tables.buckets import bucket_count, cut_points, split_by_key
 
 log = logging.getLogger("prepare")
 
@@ -23,19 +23,16 @@ def _merge_rule(policy: str) -> pl.Expr:
     return rating.sort_by(["event_timestamp", "line"], nulls_last=False).last()
 
 
-def merge_duplicates(
-    parts: dict[str, Path], policy: str, where: pl.Expr | None = None
-) -> pl.LazyFrame:
-    """The parsed interaction parts (domain -> part) with repeated (user, item) rows of a
-    domain merged by ``policy`` (mean | last | max); ``n_duplicates`` counts the rows merged
-    into each, ``n_distinct`` their distinct ratings. ``where``: only the rows it keeps (a
-    range of users, :mod:`pipeline.tables.buckets`)."""
-    frames = pl.concat(
-        [pl.scan_parquet(p).with_columns(domain=pl.lit(d)) for d, p in parts.items()]
-    )
-    if where is not None:
-        frames = frames.filter(where)
-    return frames.group_by(["domain", "user_id", "item_id"]).agg(
+def with_domains(parts: dict[str, Path]) -> pl.LazyFrame:
+    """The parts (domain -> part) as one frame with a ``domain`` column."""
+    return pl.concat([pl.scan_parquet(p).with_columns(domain=pl.lit(d)) for d, p in parts.items()])
+
+
+def merge_duplicates(frame: pl.LazyFrame, policy: str) -> pl.LazyFrame:
+    """Parsed interactions (with their domain) with repeated (user, item) rows of a domain
+    merged by ``policy`` (mean | last | max); ``n_duplicates`` counts the rows merged into
+    each, ``n_distinct`` their distinct ratings."""
+    return frame.group_by(["domain", "user_id", "item_id"]).agg(
         rating=_merge_rule(policy).cast(pl.Float32),
         event_timestamp=pl.col("event_timestamp").max(),
         n_duplicates=pl.len().cast(pl.Int32),
@@ -45,19 +42,24 @@ def merge_duplicates(
 
 def merge_buckets(parts: dict[str, Path], policy: str, work: Path) -> list[Path]:
     """:func:`merge_duplicates` one range of users at a time (every row of a user lands in the
-    same range, so its duplicates meet), each range sorted by domain, user and item and written
-    to a file under ``work``, in user order; memory is bounded by the range, not the release."""
-    frames = pl.concat([pl.scan_parquet(p) for p in parts.values()])
-    rows = frames.select(pl.len()).collect().item()
+    same range, so its duplicates meet): the parts are cut into ranges of users in one pass,
+    then each range is merged, sorted by domain, user and item and written to a file under
+    ``work``, in user order; memory is bounded by the range, not the release."""
+    frame = with_domains(parts)
+    rows = frame.select(pl.len()).collect().item()
     n = bucket_count(rows)
-    out = []
-    for i, where in enumerate(key_ranges(frames, "user_id", rows, n)):
-        path = work / f"merged-{i}.parquet"
-        merged = merge_duplicates(parts, policy, where)
-        merged.sort(["domain", "user_id", "item_id"]).sink_parquet(path)
-        out.append(path)
+    ranges = [frame]
     if n > 1:
-        log.info("merged %d parsed rows in %d ranges of users", rows, n)
+        cuts = cut_points(frame, "user_id", rows, n)
+        sources = [(p, {"domain": d}) for d, p in parts.items()]
+        files = split_by_key(sources, "user_id", cuts, work / "by-user")
+        ranges = [pl.scan_parquet(f) for f in files]
+        log.info("merging %d parsed rows in %d ranges of users", rows, len(files))
+    out = []
+    for i, rows_in_range in enumerate(ranges):
+        out.append(work / f"merged-{i}.parquet")
+        merged = merge_duplicates(rows_in_range, policy)
+        merged.sort(["domain", "user_id", "item_id"]).sink_parquet(out[-1])
     return out
 
 
