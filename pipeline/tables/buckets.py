@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.tables import STREAMING
 
-BUCKET_ROWS = 2_000_000  # rows per range: a few hundred MB to group and sort
+BUCKET_ROWS = 1_000_000  # rows per range: a few hundred MB to group and sort
 SAMPLES_PER_BUCKET = 1_000
 BATCH_ROWS = 262_144  # rows read at a time while cutting a file into ranges
 
