@@ -76,6 +76,20 @@ def make_project(root: Path, *, train: bool = True, **sections) -> Path:
     return root
 
 
+AMAZON = {
+    "name": "mini",
+    "format": "amazon2023",
+    "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
+}
+
+
+def amazon_params(root: Path, base_url: str, **sections) -> Path:
+    """``root/params.yaml`` for an Amazon 2023 mirror at ``base_url`` (Books -> Movies_and_TV,
+    no waiting between download attempts), with ``sections`` merged in."""
+    download = {"base_url": base_url, "backoff_seconds": 0.0, **sections.pop("download", {})}
+    return write_params(root / "params.yaml", dataset=AMAZON, download=download, **sections)
+
+
 def set_params(root: Path, **sections) -> None:
     """Merge ``sections`` into ``root/params.yaml`` (one level deep, as :func:`write_params`)."""
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -188,6 +202,8 @@ def leftovers(root: Path, ignore: Iterable[str] = ()) -> list[str]:
         if rel.parts[0] in skip:
             continue
         name = path.name
+        if name == "dvc.lock":  # DVC's record of the pipeline, not a lock
+            continue
         if name.endswith(TEMP_SUFFIXES) or name.startswith(".killpoints"):
             found.append(str(rel))
     return sorted(found)
@@ -213,34 +229,38 @@ def record(fault: str, **fields: object) -> None:
     """Append what one test injected and what happened to ``$FAULTS_RECORD`` (JSON lines), when
     set: ``python -m tests.faults FILE`` turns it into docs/reliability.md's table."""
     path = os.environ.get("FAULTS_RECORD")
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"fault": fault, **fields}, default=str) + "\n")
+    if not path:
+        return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    entry = {"fault": fault, "test": test.split("[")[0], **fields}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, default=str) + "\n")
 
 
 def table(path: Path) -> str:
-    """The report table: one row per fault, the runs and seeds counted."""
+    """The report table: one row per fault, with the runs and seeds counted."""
     rows: dict[str, dict] = {}
     for line in Path(path).read_text().splitlines():
         entry = json.loads(line)
         row = rows.setdefault(
             entry["fault"],
-            {"n": 0, "seeds": [], "outcome": entry.get("outcome", ""), "lost": set(), "resumed": 0},
+            {"n": 0, "seeds": set(), "outcome": entry["outcome"], "lost": set(), "tests": set()},
         )
-        row["n"] += entry.get("times", 1)
+        row["n"] += entry.get("times", len(entry.get("kills", [])) or 1)
         if "seed" in entry:
-            row["seeds"].append(entry["seed"])
-        row["resumed"] += bool(entry.get("resumed"))
+            row["seeds"].add(entry["seed"])
         row["lost"].add(entry.get("lost", "none"))
-    out = ["| fault | injected | seeds | what happened | data lost |", "|---|---|---|---|---|"]
+        row["tests"].add(entry["test"])
+    out = [
+        "| fault injected | times | seeds | what happened | data lost | reproduce |",
+        "|---|---|---|---|---|---|",
+    ]
     for fault, row in rows.items():
-        seeds = ", ".join(map(str, sorted(set(row["seeds"])))) or "-"
-        outcome = row["outcome"]
-        if row["resumed"]:
-            outcome += f" (resumed in {row['resumed']} of the runs)"
-        out.append(
-            f"| {fault} | {row['n']} | {seeds} | {outcome} | {', '.join(sorted(row['lost']))} |"
-        )
+        seeds = ", ".join(map(str, sorted(row["seeds"]))) or "-"
+        tests = " ".join(sorted(row["tests"]))
+        command = f'`pytest -m "" {tests}`'
+        lost = ", ".join(sorted(row["lost"]))
+        out.append(f"| {fault} | {row['n']} | {seeds} | {row['outcome']} | {lost} | {command} |")
     return "\n".join(out)
 
 

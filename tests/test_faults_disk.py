@@ -22,7 +22,15 @@ import pytest
 import torch
 
 from pipeline.cdr import store
-from tests.faults import copy_project, leftovers, make_project, record, run_stage, tree_bytes
+from tests.faults import (
+    amazon_params,
+    copy_project,
+    leftovers,
+    make_project,
+    record,
+    run_stage,
+    tree_bytes,
+)
 
 DATE = "2024-03-01"
 
@@ -112,22 +120,13 @@ def test_a_full_tmpfs_fails_clearly_and_keeps_the_previous_output(project, tmp_p
 
 
 def test_a_full_tmpfs_during_download_keeps_what_was_fetched(tmp_path, http_server):
-    from tests.conftest import write_params
     from tests.test_faults_kill import MIRROR  # the same mirror files
 
     for path, data in MIRROR.items():
         http_server.add(path, data)
     work = tmp_path / "p"
     work.mkdir()
-    write_params(
-        work / "params.yaml",
-        dataset={
-            "name": "mini",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": http_server.url(""), "backoff_seconds": 0.0},
-    )
+    amazon_params(work, http_server.url(""))
     with tmpfs(tmp_path / "fs", "4m"):
         (work / "data").symlink_to(tmp_path / "fs")
         first = "review_categories/Books.jsonl.gz"

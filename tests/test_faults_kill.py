@@ -27,9 +27,9 @@ import polars as pl
 import pytest
 
 from tests import faults
-from tests.conftest import write_params
 from tests.faults import (
     Child,
+    amazon_params,
     copy_project,
     count_points,
     leftovers,
@@ -164,15 +164,7 @@ def _download_resumed(root: Path, final: Child) -> bool:
 def download_stage(mirror, tmp_path_factory) -> Stage:
     base = tmp_path_factory.mktemp("download") / "p"
     base.mkdir()
-    write_params(
-        base / "params.yaml",
-        dataset={
-            "name": "mini",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": mirror.url(""), "backoff_seconds": 0.0, "timeout_seconds": 30.0},
-    )
+    amazon_params(base, mirror.url(""), download={"timeout_seconds": 30.0})
     stage = Stage(
         "download",
         base,
@@ -363,8 +355,10 @@ def test_user_profiles_killed_resumes_from_its_journal(user_profiles_stage, seed
 
 # --------------------------------------------------------------------------- the record
 def record(stage: Stage, result: dict) -> None:
+    killed = [k for k in result["kills"] if k.startswith(("point", "t=")) and "first" not in k]
     faults.record(
         f"kill -9 at a random point: {stage.name}",
+        times=len(killed),
         outcome=OUTCOME[stage.name],
         points=stage.points,
         lost="none",

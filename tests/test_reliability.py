@@ -24,8 +24,7 @@ from pipeline.errors import InputError
 from pipeline.io import read_json, write_json
 from pipeline.io.fetch import FetchError
 from pipeline.recs import trained
-from tests.conftest import write_params
-from tests.faults import copy_project, make_project, run_stage
+from tests.faults import amazon_params, copy_project, make_project, record, run_stage
 from tests.records import meta2023, review2023
 
 DATE = "2024-03-01"
@@ -87,6 +86,12 @@ def test_corrupt_tensor_bytes_are_refused_naming_the_file(project, models, tmp_p
     code, err = score_with(project, models, tmp_path / "out")
     one_line_error(code, err, str(path), "sha256", "dvc repro train")
     assert not (tmp_path / "out" / f"dt={DATE}").exists()
+    record(
+        "corrupt model file: tensor bytes overwritten in an intact zip",
+        times=1,
+        outcome="refused before loading: one line naming the file and its sha256",
+        lost="none",
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,6 +119,12 @@ def test_unloadable_model_files_are_one_line_errors(project, models, tmp_path, d
     code, err = score_with(project, models, tmp_path / "out", "-S", "score.method=emcdr")
     one_line_error(code, err, str(path), expected)
     assert not (tmp_path / "evil-ran").exists()
+    record(
+        f"model file that fails to load: {damage.replace('_', ' ')}",
+        times=1,
+        outcome="one line naming the file; nothing unpickled; no fresh weights",
+        lost="none",
+    )
 
 
 class _Evil:
@@ -140,6 +151,12 @@ def test_broken_model_directory_is_a_one_line_error(project, models, tmp_path, d
     else:
         (models / "base.pt").write_bytes(b"not a checkpoint")
     one_line_error(*score_with(project, models, tmp_path / "out"), *expected)
+    record(
+        f"broken model directory: {damage.replace('_', ' ')}",
+        times=1,
+        outcome="one line naming the file",
+        lost="none",
+    )
 
 
 def test_model_files_hold_no_timings_so_the_same_weights_give_the_same_files(project, tmp_path):
@@ -174,17 +191,8 @@ MIRROR = {
 REVIEWS = "review_categories/Books.jsonl.gz"
 
 
-def amazon_params(workdir: Path, base_url: str):
-    write_params(
-        workdir / "params.yaml",
-        dataset={
-            "name": "mini",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": base_url, "backoff_seconds": 0.0, "retries": 2},
-    )
-    return load_params(workdir / "params.yaml")
+def mirror_params(workdir: Path, base_url: str):
+    return load_params(amazon_params(workdir, base_url, download={"retries": 2}))
 
 
 def serve(server, **overrides: bytes) -> None:
@@ -196,7 +204,7 @@ def test_a_truncated_download_is_never_promoted_and_a_good_server_replaces_it(wo
     """A server that sends half the file with a matching short Content-Length."""
     half = MIRROR[REVIEWS][: len(MIRROR[REVIEWS]) // 2]
     serve(http_server, **{REVIEWS: half})
-    params = amazon_params(workdir, http_server.url(""))
+    params = mirror_params(workdir, http_server.url(""))
     with pytest.raises(FetchError, match=r"truncated gzip file.*Books\.jsonl\.gz"):
         download.download(params)
     raw = workdir / "data/raw/books/reviews.jsonl.gz"
@@ -204,12 +212,18 @@ def test_a_truncated_download_is_never_promoted_and_a_good_server_replaces_it(wo
     serve(http_server)
     download.download(params)
     assert raw.read_bytes() == MIRROR[REVIEWS]
+    record(
+        "server sends half the file with a matching Content-Length",
+        times=1,
+        outcome="refused by the gzip check, nothing promoted; a good server replaced it",
+        lost="none",
+    )
 
 
 def test_a_listed_file_without_a_check_is_checked_again(workdir, http_server):
     """A manifest of an older version listed a truncated file by its size only."""
     serve(http_server)
-    params = amazon_params(workdir, http_server.url(""))
+    params = mirror_params(workdir, http_server.url(""))
     download.download(params)
     raw = workdir / "data/raw/books/reviews.jsonl.gz"
     half = MIRROR[REVIEWS][: len(MIRROR[REVIEWS]) // 2]
@@ -232,7 +246,7 @@ def test_a_failure_on_a_later_file_keeps_the_files_already_downloaded(workdir, h
     last = "meta_categories/meta_Movies_and_TV.jsonl.gz"
     serve(http_server)
     http_server.add(last, MIRROR[last], status=500)
-    params = amazon_params(workdir, http_server.url(""))
+    params = mirror_params(workdir, http_server.url(""))
     with pytest.raises(FetchError, match="HTTP 500"):
         download.download(params)
     manifest = read_json(workdir / "data/raw/manifest.json")
@@ -250,18 +264,24 @@ def test_a_published_sha256_that_does_not_match_is_refused(workdir, http_server)
     wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
     http_server.add(REVIEWS, MIRROR[REVIEWS], headers={"Repr-Digest": f"sha-256=:{wrong}:"})
     with pytest.raises(FetchError, match="sha256 mismatch"):
-        download.download(amazon_params(workdir, http_server.url("")))
+        download.download(mirror_params(workdir, http_server.url("")))
     assert not (workdir / "data/raw/books/reviews.jsonl.gz").exists()
 
 
 def test_a_truncated_gzip_in_prepare_names_the_file(workdir, http_server):
     serve(http_server)
-    params = amazon_params(workdir, http_server.url(""))
+    params = mirror_params(workdir, http_server.url(""))
     download.download(params)
     raw = workdir / "data/raw/books/reviews.jsonl.gz"
     raw.write_bytes(raw.read_bytes()[:2000])
     code, err = run_stage("prepare", [], workdir)
     one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", "truncated", "dvc repro download")
+    record(
+        "truncated raw gzip file in prepare",
+        times=1,
+        outcome="one line naming the file and the last line read",
+        lost="none",
+    )
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -291,6 +311,12 @@ def test_a_truncated_parquet_input_names_the_file(scratch, stage, damaged):
     path = scratch / damaged
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     one_line_error(*run_stage(stage, [], scratch), damaged, "cannot be read")
+    record(
+        f"truncated Parquet input: {damaged} in {stage}",
+        times=1,
+        outcome="one line naming the file",
+        lost="none",
+    )
 
 
 @pytest.mark.parametrize(
@@ -307,6 +333,12 @@ def test_a_bad_users_file_names_the_file(scratch, name, content, expected):
     users.write_bytes(content)
     code, err = run_stage("score", ["--users", str(users), "--out", "out"], scratch)
     one_line_error(code, err, str(users), expected)
+    record(
+        f"bad users file: {name} {expected.split(';')[0]}",
+        times=1,
+        outcome="one line naming the file",
+        lost="none",
+    )
 
 
 def test_a_truncated_interactions_file_for_scoring_names_the_file(scratch):

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.features.profile_store import schema as profile_schema
 from tests.conftest import ROOT, write_params
-from tests.faults import chdir, make_project, record, run_stage
+from tests.faults import amazon_params, chdir, make_project, record, run_stage
 from tests.records import gz_lines, meta2023, review2023
 
 HOSTILE_IDS = [
@@ -69,14 +69,9 @@ def hostile(tmp_path_factory) -> Path:
     gz_lines(mirror / "review_categories/Movies_and_TV.jsonl.gz", movies)
     gz_lines(mirror / "meta_categories/meta_Books.jsonl.gz", metas)
     gz_lines(mirror / "meta_categories/meta_Movies_and_TV.jsonl.gz", [meta2023("m1")])
-    write_params(
-        root / "params.yaml",
-        dataset={
-            "name": "hostile",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": mirror.as_uri()},
+    amazon_params(
+        root,
+        mirror.as_uri(),
         prepare={"k_core": 0},
         split={"test_fraction": 0.3, "valid_fraction": 0.2},
         train={"methods": ["popularity", "item_mean_user_bias", "emcdr"], "emcdr": {"epochs": 5}},
