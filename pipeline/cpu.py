@@ -7,7 +7,8 @@ LLM stages on a 2-core machine went from about 13 s to about 170 s a batch. Here
 takes an equal share of the cores it may run on (its affinity mask: a container's or
 ``taskset``'s CPUs, not the whole machine's) among this project's CPU-heavy jobs running on the
 machine now, and looks again between batches as jobs come and go (:meth:`Job.rebalance`).
-``COLDSTART_THREADS=N`` in the environment fixes the number instead.
+``COLDSTART_THREADS=N`` in the environment fixes the number instead; ``OMP_NUM_THREADS=N``
+caps the share.
 
 A job is counted while it holds an exclusive ``flock`` on its own file in a per-user
 directory of the system's temporary directory; the lock goes with the process, so a killed job
@@ -62,6 +63,7 @@ class Job:
         self.name = name
         self.directory = directory
         self.threads = 0
+        self._before = 0  # torch's threads before the job: restored after it
         self._fd: int | None = None
         self._path: Path | None = None
 
@@ -73,6 +75,9 @@ class Job:
         self._path = self.directory / f"{os.getpid()}-{self.name}.job"
         os.replace(tmp, self._path)
         self._fd = fd
+        import torch
+
+        self._before = torch.get_num_threads()
         self.rebalance()
         return self
 
@@ -82,13 +87,20 @@ class Job:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._path = None
+        if self._before:
+            import torch
+
+            torch.set_num_threads(self._before)
 
     def share(self) -> int:
-        """This job's threads: ``COLDSTART_THREADS``, else the cores over the running jobs."""
+        """This job's threads: ``COLDSTART_THREADS``, else the cores over the running jobs (at
+        most ``OMP_NUM_THREADS`` where that is set)."""
         fixed = os.environ.get(ENV, "").strip()
         if fixed:
             return max(1, int(fixed))
-        return max(1, cores() // max(1, running_jobs(self.directory)))
+        share = max(1, cores() // max(1, running_jobs(self.directory)))
+        cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+        return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
     def rebalance(self) -> int:
         """Set torch's threads to this job's share now (call it between batches)."""

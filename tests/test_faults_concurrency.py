@@ -109,7 +109,9 @@ def hold_job(directory: Path) -> subprocess.Popen:
 
 def test_jobs_share_the_cores_and_a_killed_job_stops_counting(tmp_path, monkeypatch):
     monkeypatch.delenv(cpu.ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpu, "cores", lambda: 8)
+    before = torch.get_num_threads()
     jobs = tmp_path / "jobs"
     with cpu.Job("a", jobs) as job:
         assert cpu.running_jobs(jobs) == 1 and job.threads == 8 == torch.get_num_threads()
@@ -124,10 +126,11 @@ def test_jobs_share_the_cores_and_a_killed_job_stops_counting(tmp_path, monkeypa
             proc.wait()
         assert job.rebalance() == 8 and cpu.running_jobs(jobs) == 1
         assert len(list(jobs.glob("*.job"))) == 1  # the killed jobs' files went
-        monkeypatch.setenv(cpu.ENV, "3")
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # caps the share
+        assert job.rebalance() == 4
+        monkeypatch.setenv(cpu.ENV, "3")  # fixes it
         assert job.rebalance() == 3
-    assert list(jobs.glob("*.job")) == []
-    torch.set_num_threads(1)
+    assert list(jobs.glob("*.job")) == [] and torch.get_num_threads() == before
 
 
 def test_cores_follow_the_affinity_mask():
