@@ -268,16 +268,22 @@ def test_a_published_sha256_that_does_not_match_is_refused(workdir, http_server)
     assert not (workdir / "data/raw/books/reviews.jsonl.gz").exists()
 
 
-def test_a_truncated_gzip_in_prepare_names_the_file(workdir, http_server):
+@pytest.mark.parametrize("damage, expected", [("truncated", "truncated"), ("bytes", "corrupt")])
+def test_a_damaged_gzip_in_prepare_names_the_file(workdir, http_server, damage, expected):
     serve(http_server)
     params = mirror_params(workdir, http_server.url(""))
     download.download(params)
     raw = workdir / "data/raw/books/reviews.jsonl.gz"
-    raw.write_bytes(raw.read_bytes()[:2000])
+    data = bytearray(raw.read_bytes())
+    if damage == "truncated":
+        data = data[:2000]
+    else:  # bytes overwritten in the middle of the deflate stream
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    raw.write_bytes(bytes(data))
     code, err = run_stage("prepare", [], workdir)
-    one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", "truncated", "dvc repro download")
+    one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", expected, "dvc repro download")
     record(
-        "truncated raw gzip file in prepare",
+        f"{damage} raw gzip file in prepare",
         times=1,
         outcome="one line naming the file and the last line read",
         lost="none",

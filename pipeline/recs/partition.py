@@ -99,8 +99,12 @@ def _resumable(path: Path, key: str) -> Progress:
     if ok and all((path / name).is_file() for name in state["parts"]):
         done = Progress(**{name: state[name] for name in fields})
         for entry in path.iterdir():  # a part, rejects or manifest written after the record
-            if entry.name not in {*done.parts, PROGRESS}:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if entry.name in {*done.parts, PROGRESS}:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         log.info(
             "%s: resuming after %d users (%d finished parts) of an interrupted run",
             path,
