@@ -321,7 +321,8 @@ class Ours(StepsSwitch, Method):
     ) -> None:
         cfg = self.config
         gen = torch.Generator().manual_seed(ctx.seed + 37)
-        users = np.concatenate([overlap, side])
+        # The twin is a plain regressor: it learns from the overlap users alone.
+        users = np.concatenate([overlap, side]) if cfg.diffusion else overlap
         is_overlap = torch.as_tensor(np.isin(users, overlap))
         rows = item_space.target_rows(ctx.data, users)  # the task loss's targets, sparse
         params = [
@@ -390,10 +391,10 @@ class Ours(StepsSwitch, Method):
             z_hat = self.diffusion.sample(
                 self.denoiser, cond[keep], noise, guidance=1.0, steps=self.sample_steps
             )
-        else:
+        else:  # every row is an overlap user (see _fit_generator)
             keep = overlap
-            z_hat = self.denoiser(None, None, cond[keep], torch.ones(int(keep.sum())))
-            loss = F.mse_loss(z_hat, z0[keep]) if keep.any() else z0.sum() * 0
+            z_hat = self.denoiser(None, None, cond, torch.ones(len(users)))
+            loss = F.mse_loss(z_hat, z0)
         if keep.any():
             y = torch.as_tensor(targets[keep.numpy()].toarray())
             loss = loss - (torch.log_softmax(self.decoder(z_hat), 1) * y).sum(1).mean()
