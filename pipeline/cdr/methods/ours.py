@@ -10,13 +10,15 @@ One model, four parts, each fitted once (no validation-fitted blend):
    co-occurrence that a 10-64-d MF vector throws away.
 2. **Generator.** Conditional diffusion over ``z`` (MuSiC / DiffCDR): the denoiser predicts the
    clean latent from the noisy one, conditioned on an encoder of the user's source history (which
-   source items, plus pooled text/image features of the liked ones, the embedded LLM profile
-   and rating habits). Overlap users train the conditional branch (condition dropped 10 % of
-   the time), target-only *side* users the unconditional one. The task loss (multinomial
-   likelihood of the user's target items under the decoded prediction) reaches the whole
-   generator. Generation: DPM-Solver++ (diffusers) from per-user seeded noise with
-   classifier-free guidance, the mean of a few draws. ``diffusion: false`` is the same network
-   as a plain regressor of the latent (the deterministic twin, for ablations).
+   source items, plus pooled text/image features of the liked ones, the embedded LLM profile,
+   rating habits and the item map's scores seen through the autoencoder). Overlap users train
+   the conditional branch (condition dropped 10 % of the time), target-only *side* users the
+   unconditional one. The task loss (multinomial likelihood of the user's target items) is
+   taken on what the sampler returns, with gradients through the solver's steps, so it trains
+   the whole sampling chain. Generation: DPM-Solver++ (diffusers) from per-user seeded noise
+   (antithetic pairs) with classifier-free guidance, the mean of ``DRAWS`` samples.
+   ``diffusion: false`` is the same network as a plain regressor of the latent, trained on the
+   overlap users with the same losses (the deterministic twin, for ablations).
 3. **Item map.** The closed-form cross-domain ridge map from source to target items
    (:mod:`pipeline.cdr.item_space`, the same algebra as ``cd_ease``), fitted on the overlap
    users. Ranking is a product of the two experts: each expert's scores standardised per user
@@ -32,7 +34,6 @@ checkpoint and guidance scale by the product's NDCG@10, the rating head's epoch 
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,8 +51,6 @@ from pipeline.cdr.methods.baselines import source_habits
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 from pipeline.errors import PipelineError
 from pipeline.recs.metrics import POSITIVE_RATING
-
-log = logging.getLogger("train")
 
 SAMPLE_SEED = 1234  # generation noise: the same users get the same vectors on every run
 TIMESTEPS = 1000  # DDPM training schedule, linear betas 1e-4..0.02 (DiffCDR's)
