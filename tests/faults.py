@@ -244,9 +244,12 @@ def table(path: Path) -> str:
         entry = json.loads(line)
         row = rows.setdefault(
             entry["fault"],
-            {"n": 0, "seeds": set(), "outcome": entry["outcome"], "lost": set(), "tests": set()},
+            {"n": 0, "seeds": set(), "runs": 0, "resumed": 0, "lost": set(), "tests": set()},
         )
-        row["n"] += entry.get("times", len(entry.get("kills", [])) or 1)
+        row.update(outcome=entry["outcome"], points=entry.get("points"))
+        row["n"] += entry.get("times", 1)
+        row["runs"] += 1
+        row["resumed"] += bool(entry.get("resumed"))
         if "seed" in entry:
             row["seeds"].add(entry["seed"])
         row["lost"].add(entry.get("lost", "none"))
@@ -257,10 +260,18 @@ def table(path: Path) -> str:
     ]
     for fault, row in rows.items():
         seeds = ", ".join(map(str, sorted(row["seeds"]))) or "-"
-        tests = " ".join(sorted(row["tests"]))
-        command = f'`pytest -m "" {tests}`'
+        outcome = row["outcome"]
+        if row["points"]:
+            outcome += f" (points drawn from 1..{row['points']}"
+            if row["resumed"]:
+                outcome += (
+                    f"; resumed wherever a kill had left work: {row['resumed']} of "
+                    f"{row['runs']} seeds"
+                )
+            outcome += ")"
+        command = f'`pytest -m "" {" ".join(sorted(row["tests"]))}`'
         lost = ", ".join(sorted(row["lost"]))
-        out.append(f"| {fault} | {row['n']} | {seeds} | {row['outcome']} | {lost} | {command} |")
+        out.append(f"| {fault} | {row['n']} | {seeds} | {outcome} | {lost} | {command} |")
     return "\n".join(out)
 
 
