@@ -389,7 +389,15 @@ def test_failed_run_leaves_the_previous_partition(project, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         run(project, monkeypatch, out="crash", method="popularity", chunk_size=8)
     assert _snapshot(part) == before
+    # the finished parts stay in the hidden build directory for the next run to resume from
+    assert sorted(p.name for p in (project / "crash").iterdir()) == [
+        f".dt={DATE}.resume.tmp",
+        f"dt={DATE}",
+    ]
+    monkeypatch.setattr(lists.ListWriter, "write", real)
+    run(project, monkeypatch, out="crash", method="popularity", chunk_size=8)
     assert [p.name for p in (project / "crash").iterdir()] == [f"dt={DATE}"]
+    assert _snapshot(part) != before
 
 
 KILL_AFTER_FIRST_CHUNK = """
