@@ -94,6 +94,7 @@ def test_corrupt_tensor_bytes_are_refused_naming_the_file(project, models, tmp_p
     )
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize(
     "damage, expected",
     [

@@ -3,8 +3,9 @@ it cannot vouch for are left to the per-line parser.
 
 The per-line path (``json.loads`` per line, :mod:`pipeline.sources.lines`) decides what every
 record means and reports damage with file, line and field; it runs at about 100,000 lines a
-second. Here a background thread decompresses the next ~16 MB while pyarrow's JSON reader
-parses the current block's lines into the columns asked for, several times faster. A caller
+second. Here a background thread decompresses the next ~16 MB (ISA-L's gzip, three times as
+fast as zlib) while pyarrow's JSON reader parses the current block's lines into the columns
+asked for, several times faster. A caller
 then keeps the values pyarrow read only where they are certainly what the per-line path would
 have produced, and hands every other line to the per-line path, in line order, so the rows,
 their line numbers and the damage log come out exactly the same.
@@ -31,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
+from isal import igzip, isal_zlib
 
 from pipeline.errors import DamageLog
-from pipeline.sources.lines import iter_lines, open_binary
+from pipeline.sources.lines import iter_lines
 
 BLOCK_BYTES = 16 << 20
 MAX_RETRIES = 4  # pyarrow failures located per block before its other lines go line by line
@@ -76,13 +78,13 @@ def read_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[Bl
     decompressed on a background thread. A truncated or corrupt gzip file fails as
     :func:`iter_lines` does (the same error, naming the last line read)."""
     block_bytes, first = block_bytes or BLOCK_BYTES, 1
-    with open_binary(path) as fh, ThreadPoolExecutor(1) as pool:
+    with _open(path) as fh, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(fh.read, block_bytes)
         tail = b""
         while True:
             try:
                 chunk = pending.result()
-            except (EOFError, gzip.BadGzipFile, zlib.error):
+            except (EOFError, gzip.BadGzipFile, zlib.error, isal_zlib.error):
                 for _ in iter_lines(path, DamageLog(str(path))):  # raises the per-line error
                     pass
                 raise
@@ -98,6 +100,13 @@ def read_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[Bl
                 yield block
         if tail:
             yield _block(tail, first)
+
+
+def _open(path: str | Path):
+    """The file's bytes, decompressed by ISA-L (3x zlib's speed) where it is gzip."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return igzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # noqa: SIM115
 
 
 def _block(data: bytes, first: int) -> Block:
