@@ -43,7 +43,14 @@ from pipeline.errors import PipelineError
 from pipeline.features import item_batches
 from pipeline.features.image_store import IMAGES
 from pipeline.features.item_store import Journal, load_cache, store_meta, table_cache, write_store
-from pipeline.features.items import encode_rank, load_encoders, run_stats, sum_counts
+from pipeline.features.items import (
+    encode_rank,
+    load_encoders,
+    log_encoders,
+    log_summary,
+    run_stats,
+    sum_counts,
+)
 from pipeline.io import read_parquet, write_json
 
 if TYPE_CHECKING:
@@ -84,10 +91,10 @@ def item_features(
             )
     else:
         meta, per_worker = _encode_here(p, items_path, image_store, out_path)
-    _log_encoders(meta)
+    log_encoders(meta)
     stats = run_stats(per_worker, meta, time.perf_counter() - started)
     write_json(stats, metrics_path)
-    _log_summary(stats, out_path)
+    log_summary(stats, out_path)
     return stats
 
 
@@ -118,51 +125,6 @@ def _encode_here(
     total = sum_counts(counts)
     total["encode_seconds"] = sum(c["encode_seconds"] for c in counts)
     return meta, [total]
-
-
-def _log_encoders(meta: dict) -> None:
-    text, clip, captioner = meta["text_encoder"], meta["image_encoder"], meta["captioner"]
-    log.info(
-        "item features: text encoder %s (%d-d) from %s", text["name"], text["dim"], text["source"]
-    )
-    if clip["name"] != "none":
-        log.info(
-            "item features: image encoder open_clip %s (%d-d) from %s",
-            clip["name"],
-            clip["dim"],
-            clip["source"],
-        )
-    else:
-        log.info("item features: image encoder off (item_features.image_encoder: none)")
-    if captioner["name"] != "none":
-        log.info(
-            "item features: captions by %s, prompt %s",
-            captioner["name"],
-            captioner["prompt_version"],
-        )
-    else:
-        log.info("item features: captions off (item_features.caption.enabled: false)")
-
-
-def _log_summary(stats: dict, out_path: Path) -> None:
-    parts = stats["parts"]
-    log.info(
-        "item features: %d items -> %s: %d encoded, %d reused (text %d computed / %d reused, "
-        "images %d / %d, captions %d / %d); %d without text, %s without picture; %.1f s",
-        stats["items"],
-        out_path,
-        stats["encoded"],
-        stats["reused"],
-        parts["text"]["computed"],
-        parts["text"]["reused"],
-        parts["image"]["computed"],
-        parts["image"]["reused"],
-        parts["caption"]["computed"],
-        parts["caption"]["reused"],
-        stats["missing_text"],
-        "-" if stats["missing_image"] is None else stats["missing_image"],
-        stats["seconds"],
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

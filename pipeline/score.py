@@ -34,11 +34,10 @@ users at a time, on CUDA when available, while a thread writes the previous chun
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,11 +45,11 @@ import torch
 from pipeline import cli, cpu, engine, paths
 from pipeline.cdr import store
 from pipeline.config import Params
-from pipeline.config.score import ScoreParams, check_date
+from pipeline.config.score import check_date
 from pipeline.errors import PipelineError
 from pipeline.io import stable_hash
 from pipeline.recs import batches, lists, partition, plan, rank, trained
-from pipeline.recs.fold import Scorer, fold_in
+from pipeline.recs.fold import fold_in
 
 log = logging.getLogger("score")
 PARAMS = ("pair", "train", "score")  # read here; dvc.yaml lists the same
@@ -104,7 +103,7 @@ def score(
         cpu.Job("score"),  # torch threads: this job's share of the cores
     ):
         tmp, done = build.dir, build.done.users
-        chunks, device = _ranked(scorer, n, exclude, sp, device, progress, done)
+        chunks, device = batches.ranked(scorer, n, exclude, sp, device, progress, done)
         meta = {"method": name, "model_version": version, "date": date, "k": sp.k}
         written = lists.write_lists(
             tmp, todo.user_ids, chunks, data.tgt_item_ids, name, version, meta,
@@ -142,25 +141,6 @@ def score(
         f"{name}, K={sp.k}, {took:.1f} s"
     )
     return manifest
-
-
-def _ranked(
-    scorer: Scorer, n: int, exclude: tuple, sp: ScoreParams, device: torch.device | None,
-    progress: bool, start: int = 0,
-) -> tuple[Iterator[rank.Chunk], torch.device]:  # fmt: skip
-    """The lists of users ``start:n``, chunk by chunk, from ``score.engine``, and the device
-    that ranks them (the ray engine always starts at 0)."""
-    if sp.engine == "ray":
-        device = batches.actor_device(sp.device)
-        chunks = batches.rank_on_ray(scorer, n, sp.k, sp.chunk_size, sp.device, exclude, sp.ray)
-        return chunks, device
-    item = scorer.item_vectors()
-    rest = (exclude[0][start:], exclude[1])
-    chunks = rank.rank_chunks(
-        lambda lo, hi: scorer.user_vectors(start + lo, start + hi),
-        n - start, item, sp.k, sp.chunk_size, device, rest, progress,
-    )  # fmt: skip
-    return (dataclasses.replace(c, lo=c.lo + start) for c in chunks), device
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -21,19 +21,14 @@ same per-batch code (:mod:`pipeline.features.profile_batches`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from pipeline import cli, cpu, distributed, engine, paths
+from pipeline import cli, cpu, engine, paths
 from pipeline.config import Params
 from pipeline.features import profile_batches
-from pipeline.features.encoders.text import load_item_text_encoder
 from pipeline.features.profile_store import (
     USERS_STORE,
     Journal,
@@ -43,19 +38,13 @@ from pipeline.features.profile_store import (
     write_store,
 )
 from pipeline.features.profiles import (
-    generate_profiles,
     load_prompt,
-    make_writer,
     model_key,
     plan_users,
     read_histories,
     summarize,
 )
 from pipeline.io import stable_hash
-
-if TYPE_CHECKING:
-    from pipeline.config.user_profiles import UserProfilesParams
-    from pipeline.features.prompts import Prompt
 
 log = logging.getLogger("user_profiles")
 PARAMS = (  # read here; dvc.yaml lists the same
@@ -98,12 +87,12 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
     with engine.running(p.engine), cpu.Job("user_profiles") as job:
         start = time.perf_counter()
         if todo:
-            _generate(p, prompt, todo, source, target, journal, job)
+            profile_batches.generate(p, prompt, todo, source, target, journal, job)
         gen_seconds = time.perf_counter() - start
         for rec in records:
             rec.setdefault("model", key)
         texts = [r["profile_text"] for r in records]
-        vectors, encoder = _embed(params.item_features, texts, p)
+        vectors, encoder = profile_batches.embed(params.item_features, texts, p)
     summary = summarize(records, len(todo), suspicious, gen_seconds)
     meta = {
         "prompt_id": prompt.id,
@@ -134,36 +123,6 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
         suspicious,
     )
     return meta
-
-
-def _generate(
-    p: UserProfilesParams, prompt: Prompt, todo: list[dict], source: str, target: str,
-    journal: Journal, job: cpu.Job,
-) -> None:  # fmt: skip
-    """Profiles of the pending users, each finished batch journalled (resumable), the torch
-    threads resized between batches to this job's share of the cores."""
-    if p.engine == "ray":
-        profile_batches.generate_on_ray(p, todo, source, target, journal)
-        return
-    with contextlib.closing(make_writer(p, distributed.resolve_device(p.device))) as writer:
-
-        def on_batch(batch: list[dict]) -> None:
-            journal.append(batch, writer.model_id)
-            job.rebalance()
-
-        generate_profiles(writer, prompt, todo, p, source, target, on_batch)
-    for rec in todo:
-        rec["model"] = writer.model_id
-
-
-def _embed(features: Any, texts: list[str], p: UserProfilesParams) -> tuple[np.ndarray, dict]:
-    """The profile vectors, in the item text encoder's space, and the encoder's description."""
-    if p.engine == "ray" and texts:
-        return profile_batches.embed_on_ray(features, texts, p)
-    encoder = load_item_text_encoder(features, distributed.resolve_device(p.device))
-    if not texts:
-        return np.zeros((0, encoder.dim), np.float32), encoder.describe()
-    return encoder.encode(texts, features.batch_size), encoder.describe()
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -16,6 +16,7 @@ picture or text) are encoded once. A part an item lacks is zeros with its flag f
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from pipeline.features.item_text import clean_text, cut, item_text, text_hash
 
 if TYPE_CHECKING:
     from pipeline.config.item_features import ItemFeaturesParams
+
+log = logging.getLogger("item_features")
 
 IMAGE_CHUNK = 512  # pictures read from the images store, decoded and encoded per round
 
@@ -387,3 +390,50 @@ def run_stats(per_rank: list[dict], meta: dict, seconds: float) -> dict:
         "image_encoder": meta["image_encoder"]["name"],
         "captioner": meta["captioner"]["name"],
     }
+
+
+def log_encoders(meta: dict) -> None:
+    """One log line per encoder the store was built with (or that it is off)."""
+    text, clip, captioner = meta["text_encoder"], meta["image_encoder"], meta["captioner"]
+    log.info(
+        "item features: text encoder %s (%d-d) from %s", text["name"], text["dim"], text["source"]
+    )
+    if clip["name"] != "none":
+        log.info(
+            "item features: image encoder open_clip %s (%d-d) from %s",
+            clip["name"],
+            clip["dim"],
+            clip["source"],
+        )
+    else:
+        log.info("item features: image encoder off (item_features.image_encoder: none)")
+    if captioner["name"] != "none":
+        log.info(
+            "item features: captions by %s, prompt %s",
+            captioner["name"],
+            captioner["prompt_version"],
+        )
+    else:
+        log.info("item features: captions off (item_features.caption.enabled: false)")
+
+
+def log_summary(stats: dict, out_path: Path) -> None:
+    """The run's counts in one log line."""
+    parts = stats["parts"]
+    log.info(
+        "item features: %d items -> %s: %d encoded, %d reused (text %d computed / %d reused, "
+        "images %d / %d, captions %d / %d); %d without text, %s without picture; %.1f s",
+        stats["items"],
+        out_path,
+        stats["encoded"],
+        stats["reused"],
+        parts["text"]["computed"],
+        parts["text"]["reused"],
+        parts["image"]["computed"],
+        parts["image"]["reused"],
+        parts["caption"]["computed"],
+        parts["caption"]["reused"],
+        stats["missing_text"],
+        "-" if stats["missing_image"] is None else stats["missing_image"],
+        stats["seconds"],
+    )

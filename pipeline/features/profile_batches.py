@@ -1,7 +1,7 @@
-"""User profiles on the ``ray`` engine (:mod:`pipeline.engine`): generation and embedding in
-Ray Data actors, with the local engine's per-batch code.
+"""User profiles generated and embedded on ``user_profiles.engine``: in this process
+(``local``), or in Ray Data actors (``ray``, :mod:`pipeline.engine`) with the same per-batch code.
 
-Two passes. First the users pending generation go to actors that load the LLM once
+On ray, two passes. First the users pending generation go to actors that load the LLM once
 (:class:`WriteProfiles`) and run :func:`~pipeline.features.profiles.generate_profiles` on each
 batch; every ``user_profiles.batch_size`` users of the pending list form one generate call, as
 in the local engine, so greedy decoding writes the same texts. Each finished batch is
@@ -11,19 +11,22 @@ to actors that load the item text encoder once (:class:`EmbedTexts`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import distributed, engine
+from pipeline import cpu, distributed, engine
+from pipeline.features.encoders.text import load_item_text_encoder
 from pipeline.features.profile_store import JOURNAL_KEYS, Journal
 from pipeline.features.profiles import generate_profiles, load_prompt, make_writer
 
 if TYPE_CHECKING:
     from pipeline.config.item_features import ItemFeaturesParams
     from pipeline.config.user_profiles import UserProfilesParams
+    from pipeline.features.prompts import Prompt
 
 PENDING = pa.schema(
     [
@@ -33,6 +36,39 @@ PENDING = pa.schema(
         ("input_hash", pa.string()),
     ]
 )
+
+
+def generate(
+    p: UserProfilesParams, prompt: Prompt, todo: list[dict], source: str, target: str,
+    journal: Journal, job: cpu.Job,
+) -> None:  # fmt: skip
+    """Fill ``profile_text``, ``status``, ``model`` (and ``rejected``) of the pending users,
+    each finished batch journalled (resumable); on the local engine the torch threads are
+    resized between batches to this job's share of the cores."""
+    if p.engine == "ray":
+        generate_on_ray(p, todo, source, target, journal)
+        return
+    with contextlib.closing(make_writer(p, distributed.resolve_device(p.device))) as writer:
+
+        def on_batch(batch: list[dict]) -> None:
+            journal.append(batch, writer.model_id)
+            job.rebalance()
+
+        generate_profiles(writer, prompt, todo, p, source, target, on_batch)
+    for rec in todo:
+        rec["model"] = writer.model_id
+
+
+def embed(
+    features: ItemFeaturesParams, texts: list[str], p: UserProfilesParams
+) -> tuple[np.ndarray, dict]:
+    """The profile vectors, in the item text encoder's space, and the encoder's description."""
+    if p.engine == "ray" and texts:
+        return embed_on_ray(features, texts, p)
+    encoder = load_item_text_encoder(features, distributed.resolve_device(p.device))
+    if not texts:
+        return np.zeros((0, encoder.dim), np.float32), encoder.describe()
+    return encoder.encode(texts, features.batch_size), encoder.describe()
 
 
 class WriteProfiles:
@@ -90,8 +126,6 @@ class EmbedTexts:
     """A Ray Data actor: the item text encoder loaded once, then one batch of texts a call."""
 
     def __init__(self, features: ItemFeaturesParams, device: str):
-        from pipeline.features.encoders.text import load_item_text_encoder
-
         self.batch_size = features.batch_size
         self.encoder = load_item_text_encoder(features, distributed.resolve_device(device))
 

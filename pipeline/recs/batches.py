@@ -1,7 +1,7 @@
-"""Scoring on the ``ray`` engine (:mod:`pipeline.engine`): the local chunked ranking, one batch
-of users per actor call.
+"""Scoring on ``score.engine`` (:func:`ranked`): the chunked ranking in this process
+(``local``), or on the ``ray`` engine (:mod:`pipeline.engine`), one batch of users per actor call.
 
-The planned users (their positions in :class:`~pipeline.recs.plan.Plan` order) go to Ray Data
+On ray, the planned users (their positions in :class:`~pipeline.recs.plan.Plan` order) go to Ray Data
 in batches of ``score.ray.batch_size``. Each actor receives the scorer (the trained method with
 any folded-in users) once, computes the item vectors once, and ranks its batches with
 :func:`~pipeline.recs.rank.rank_chunks`, ``score.chunk_size`` users at a time. The lists come
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,9 @@ import torch
 from pipeline import engine
 from pipeline.recs.fold import Scorer
 from pipeline.recs.rank import Chunk, rank_chunks, resolve_device
+
+if TYPE_CHECKING:
+    from pipeline.config.score import ScoreParams
 
 
 def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
@@ -109,3 +113,22 @@ def rank_on_ray(
         pos = block["pos"].to_numpy()
         idx, vals = _matrix(block["idx"]), _matrix(block["vals"])
         yield Chunk(int(pos[0]), idx, vals, block["bad"].to_numpy(zero_copy_only=False))
+
+
+def ranked(
+    scorer: Scorer, n: int, exclude: tuple, sp: ScoreParams, device: torch.device | None,
+    progress: bool, start: int = 0,
+) -> tuple[Iterator[Chunk], torch.device]:  # fmt: skip
+    """The lists of users ``start:n``, chunk by chunk, from ``score.engine``, and the device
+    that ranks them (the ray engine always starts at 0)."""
+    if sp.engine == "ray":
+        device = actor_device(sp.device)
+        chunks = rank_on_ray(scorer, n, sp.k, sp.chunk_size, sp.device, exclude, sp.ray)
+        return chunks, device
+    item = scorer.item_vectors()
+    rest = (exclude[0][start:], exclude[1])
+    chunks = rank_chunks(
+        lambda lo, hi: scorer.user_vectors(start + lo, start + hi),
+        n - start, item, sp.k, sp.chunk_size, device, rest, progress,
+    )  # fmt: skip
+    return (dataclasses.replace(c, lo=c.lo + start) for c in chunks), device
