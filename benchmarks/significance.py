@@ -123,16 +123,20 @@ def best_other(records: list[dict], beta: float, method: str, metric: str) -> st
 
 
 def table(
-    records: list[dict], method: str = "ours", metrics=("mae", "rmse", "ndcg@10", "hit@10")
+    records: list[dict],
+    method: str = "ours",
+    metrics=("mae", "rmse", "ndcg@10", "hit@10"),
+    against: str | None = None,
 ) -> str:
-    """Markdown: per beta and metric, ``method`` against the best other method, paired."""
+    """Markdown: per beta and metric, ``method`` against ``against`` (default: the best other
+    method that is not one of its ablations), paired."""
     lines = [
-        f"| beta | metric | {method} | best other | difference (95 % CI) | p |",
+        f"| beta | metric | {method} | {against or 'best other'} | difference (95 % CI) | p |",
         "|---|---|---:|---|---:|---:|",
     ]
     for beta in sorted({r["beta"] for r in records}):
         for metric in metrics:
-            other = best_other(records, beta, method, metric)
+            other = against or best_other(records, beta, method, metric)
             mine = [r[metric] for r in records if r["beta"] == beta and r["method"] == method]
             if other is None or not mine or mine[0] is None:
                 continue
@@ -146,3 +150,22 @@ def table(
                 f"{test['p']:.3f} |"
             )
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="Paired bootstrap of one method against another.")
+    p.add_argument("results", type=Path, nargs="+", help="JSON records of benchmarks.cold_start")
+    p.add_argument("--method", default="ours")
+    p.add_argument("--against", help="the other method (default: the best other, per metric)")
+    p.add_argument("--metrics", default="mae,rmse,ndcg@10,hit@10")
+    args = p.parse_args(argv)
+    records = [r for path in args.results for r in json.loads(path.read_text())]
+    print(table(records, args.method, tuple(args.metrics.split(",")), args.against))
+
+
+if __name__ == "__main__":
+    main()
