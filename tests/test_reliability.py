@@ -284,7 +284,7 @@ def test_a_damaged_gzip_in_prepare_names_the_file(workdir, http_server, damage, 
     code, err = run_stage("prepare", [], workdir)
     one_line_error(code, err, "data/raw/books/reviews.jsonl.gz", expected, "dvc repro download")
     record(
-        f"{damage} raw gzip file in prepare",
+        f"{'truncated' if damage == 'truncated' else 'bytes overwritten in a'} raw gzip file in prepare",
         times=1,
         outcome="one line naming the file and the last line read",
         lost="none",
