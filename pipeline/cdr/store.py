@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,10 @@ def verify(model_dir: Path, manifest: dict[str, Any]) -> None:
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``, its failures as one line naming the file."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # the file's sha256 was checked: the O(nnz) scan is kept,
+            # its notice about speed is not for users
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
+            return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         # torch's own message suggests the unsafe weights_only=False: never for these files
         raise PipelineError(
