@@ -98,10 +98,8 @@ def condition_inputs(
         log.info("item text: %d of %d source items", found, data.n_src_items)
     if profiles is not None:
         extra["profile"] = features.load_profiles(data, profiles)
-    available = {"source_cf", "source_stats"}
-    available |= {"liked_items"} if items is not None else set()
-    available |= {"profile"} if profiles is not None else set()
-    condition = [c for c in train.ours.condition if c in available]
+    given = {"liked_items": items is not None, "profile": profiles is not None}
+    condition = [c for c in train.ours.condition if given.get(c, True)]  # habits: always
     if condition != train.ours.condition:
         log.info("ours.condition without the inputs not given: %s", condition)
         ours = train.ours.model_copy(update={"condition": condition})
