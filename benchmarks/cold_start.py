@@ -24,6 +24,7 @@ is not given is left out of the condition (logged).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -40,7 +41,7 @@ from pipeline.cdr.data import build
 from pipeline.config import load_params
 from pipeline.config.split import SplitParams
 from pipeline.errors import DamageLog, PipelineError
-from pipeline.io import write_json
+from pipeline.io import write_text
 from pipeline.recs.metrics import METRIC_KEYS
 from pipeline.sources.recbole import read_inter
 from pipeline.tables.roles import assign_roles
@@ -186,10 +187,28 @@ def run(args: argparse.Namespace) -> list[dict]:
                     }
                 )
             if args.out:
-                write_json(records, args.out)  # after every split: a crash keeps what finished
+                write_records(records, args.out)  # after every split: a crash keeps what finished
     if steps_rows:
         print(steps_table(steps_rows))
     return records
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    """One record per line, keys sorted; the per-user values rounded to 6 decimals (a mean of
+    them moves by less than 1e-6), so that the file stays a few MB rather than tens."""
+
+    def compact(values):
+        if isinstance(values, dict):
+            return {k: compact(v) for k, v in values.items()}
+        if isinstance(values, list):
+            return [round(v, 6) if isinstance(v, float) else v for v in values]
+        return values
+
+    lines = []
+    for r in records:
+        r = {k: compact(v) if k in ("per_user", "per_user_errors") else v for k, v in r.items()}
+        lines.append(json.dumps(r, sort_keys=True))
+    write_text("[\n" + ",\n".join(lines) + "\n]\n", path)
 
 
 def table(records: list[dict], metrics=TABLE_METRICS) -> str:
