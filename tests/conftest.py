@@ -46,6 +46,20 @@ def write_params(path: Path, **sections) -> Path:
     return path
 
 
+AMAZON = {
+    "name": "mini",
+    "format": "amazon2023",
+    "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
+}
+
+
+def amazon_params(root: Path, base_url: str, **sections) -> Path:
+    """``root/params.yaml`` for an Amazon 2023 mirror at ``base_url`` (Books -> Movies_and_TV,
+    no waiting between download attempts), with ``sections`` merged in."""
+    download = {"base_url": base_url, "backoff_seconds": 0.0, **sections.pop("download", {})}
+    return write_params(root / "params.yaml", dataset=AMAZON, download=download, **sections)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     # Tests never reach a model hub.

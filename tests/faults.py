@@ -76,20 +76,6 @@ def make_project(root: Path, *, train: bool = True, **sections) -> Path:
     return root
 
 
-AMAZON = {
-    "name": "mini",
-    "format": "amazon2023",
-    "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-}
-
-
-def amazon_params(root: Path, base_url: str, **sections) -> Path:
-    """``root/params.yaml`` for an Amazon 2023 mirror at ``base_url`` (Books -> Movies_and_TV,
-    no waiting between download attempts), with ``sections`` merged in."""
-    download = {"base_url": base_url, "backoff_seconds": 0.0, **sections.pop("download", {})}
-    return write_params(root / "params.yaml", dataset=AMAZON, download=download, **sections)
-
-
 def set_params(root: Path, **sections) -> None:
     """Merge ``sections`` into ``root/params.yaml`` (one level deep, as :func:`write_params`)."""
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -11,7 +11,7 @@ from pipeline import download
 from pipeline.config import load_params
 from pipeline.io import read_json
 from pipeline.io.fetch import FetchError
-from tests.conftest import write_params
+from tests.conftest import amazon_params
 from tests.records import meta2023, review2023
 
 
@@ -35,21 +35,9 @@ def mirror(http_server):
 
 
 def params_for(workdir, base_url):
-    write_params(
-        workdir / "params.yaml",
-        dataset={
-            "name": "mini",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={
-            "base_url": base_url,
-            "backoff_seconds": 0.0,
-            "retries": 2,
-            "timeout_seconds": 30.0,  # a local mirror: no healthy answer comes near it
-        },
-    )
-    return load_params(workdir / "params.yaml")
+    # a local mirror: no healthy answer comes near the timeout
+    download = {"retries": 2, "timeout_seconds": 30.0}
+    return load_params(amazon_params(workdir, base_url, download=download))
 
 
 def test_manifest_records_size_and_checksum(workdir, mirror):

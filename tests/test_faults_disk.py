@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from pipeline.cdr import store
+from tests.conftest import amazon_params
 from tests.faults import (
-    amazon_params,
     copy_project,
     leftovers,
     make_project,

@@ -27,9 +27,9 @@ import polars as pl
 import pytest
 
 from tests import faults
+from tests.conftest import amazon_params
 from tests.faults import (
     Child,
-    amazon_params,
     copy_project,
     count_points,
     leftovers,

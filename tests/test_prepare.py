@@ -12,7 +12,7 @@ from pipeline.config import load_params
 from pipeline.errors import InputError
 from pipeline.io import read_meta
 from pipeline.schemas import INTERACTIONS, ITEMS, USERS, polars_schema
-from tests.conftest import write_params
+from tests.conftest import amazon_params, write_params
 from tests.records import gz_lines, meta2023, review2023
 
 
@@ -25,17 +25,7 @@ def amazon_mirror(root, reviews: dict, meta: dict):
 
 
 def run(workdir, mirror, **prep):
-    write_params(
-        workdir / "params.yaml",
-        dataset={
-            "name": "mini",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": mirror.as_uri()},
-        prepare=prep,
-    )
-    params = load_params(workdir / "params.yaml")
+    params = load_params(amazon_params(workdir, mirror.as_uri(), prepare=prep))
     download.download(params)
     return prepare.prepare(params)
 

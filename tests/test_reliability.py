@@ -24,7 +24,8 @@ from pipeline.errors import InputError
 from pipeline.io import read_json, write_json
 from pipeline.io.fetch import FetchError
 from pipeline.recs import trained
-from tests.faults import amazon_params, copy_project, make_project, record, run_stage
+from tests.conftest import amazon_params
+from tests.faults import copy_project, make_project, record, run_stage
 from tests.records import meta2023, review2023
 
 DATE = "2024-03-01"

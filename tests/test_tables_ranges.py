@@ -14,7 +14,7 @@ from benchmarks.amazon_like import generate
 from pipeline import download, prepare, split
 from pipeline.config import load_params
 from pipeline.tables import assemble, buckets
-from tests.conftest import write_params
+from tests.conftest import amazon_params, write_params
 
 TABLES = ("interactions", "items", "users")
 
@@ -27,17 +27,7 @@ def mirror(tmp_path_factory):
 
 
 def run(workdir, mirror, **prep) -> tuple[dict, dict[str, pl.DataFrame]]:
-    write_params(
-        workdir / "params.yaml",
-        dataset={
-            "name": "amazon-like",
-            "format": "amazon2023",
-            "domains": {"books": {"category": "Books"}, "movies": {"category": "Movies_and_TV"}},
-        },
-        download={"base_url": mirror.as_uri()},
-        prepare=prep,
-    )
-    params = load_params(workdir / "params.yaml")
+    params = load_params(amazon_params(workdir, mirror.as_uri(), prepare=prep))
     download.download(params)
     stats = prepare.prepare(params)
     return stats, {t: pl.read_parquet(f"data/prepared/{t}.parquet") for t in TABLES}

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pipeline.features.profile_store import schema as profile_schema
-from tests.conftest import ROOT, write_params
-from tests.faults import amazon_params, chdir, make_project, record, run_stage
+from tests.conftest import ROOT, amazon_params, write_params
+from tests.faults import chdir, make_project, record, run_stage
 from tests.records import gz_lines, meta2023, review2023
 
 HOSTILE_IDS = [
