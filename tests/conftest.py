@@ -124,6 +124,18 @@ def tiny_lm(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """The fault suite's project (:func:`tests.faults.make_project`: the tiny sample, trained),
+    built once per session and shared by its modules (read-only: tests copy what they change)."""
+    import torch
+
+    from tests.faults import make_project
+
+    torch.set_num_threads(1)
+    return make_project(tmp_path_factory.mktemp("trained") / "p")
+
+
 # Small base models for the cold-start tests: trained once per session, shared by every test
 # that fits methods on the tiny project (harness.fit(..., base=tiny_base)).
 TINY_MF = {"epochs": 10, "bpr_epochs": 10, "dim": 8, "bpr_dim": 8}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline import cpu
-from tests.faults import child_env, copy_project, leftovers, make_project, record, run_child
+from tests.faults import child_env, copy_project, leftovers, record, run_child
 
 DATE = "2024-03-01"
 SLOW_SCORE = """
@@ -34,9 +34,9 @@ raise SystemExit(cli.run(lambda _: score.main(sys.argv[2:])))
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return make_project(tmp_path_factory.mktemp("two") / "p")
+def project(trained_project) -> Path:
+    """The session's tiny trained project (read-only: tests copy what they change)."""
+    return trained_project
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

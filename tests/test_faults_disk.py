@@ -19,14 +19,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 
 from pipeline.cdr import store
 from tests.conftest import amazon_params
 from tests.faults import (
     copy_project,
     leftovers,
-    make_project,
     record,
     run_stage,
     tree_bytes,
@@ -36,9 +34,9 @@ DATE = "2024-03-01"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return make_project(tmp_path_factory.mktemp("disk") / "p")
+def project(trained_project) -> Path:
+    """The session's tiny trained project (read-only: tests copy what they change)."""
+    return trained_project
 
 
 @contextlib.contextmanager

@@ -33,7 +33,6 @@ from tests.faults import (
     copy_project,
     count_points,
     leftovers,
-    make_project,
     run_child,
     tree_bytes,
 )
@@ -178,8 +177,9 @@ def download_stage(mirror, tmp_path_factory) -> Stage:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("kill") / "p")
+def project(trained_project) -> Path:
+    """The session's tiny trained project (read-only: tests copy what they change)."""
+    return trained_project
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import os
 
 import polars as pl
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +29,7 @@ from pipeline.io import WHITESPACE
 from pipeline.recs import plan
 from pipeline.sources import read_interactions, read_items
 from pipeline.tables.roles import assign_roles
-from tests.faults import make_project, record
+from tests.faults import record
 from tests.records import meta2023, review2023
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "60"))
@@ -194,15 +193,13 @@ def test_no_cold_user_target_row_reaches_a_training_table(rows, seed):
 
 # --------------------------------------------------------------------------- users files
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_project):
     """The tiny project's data and models, loaded once."""
     from pipeline.config import load_params
     from pipeline.recs import trained as trained_models
     from tests.faults import chdir
 
-    torch.set_num_threads(1)
-    root = make_project(tmp_path_factory.mktemp("props") / "p")
-    with chdir(root):
+    with chdir(trained_project):
         data, fitted = trained_models.load(load_params("params.yaml"))
     return data, fitted
 

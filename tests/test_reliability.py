@@ -32,10 +32,9 @@ DATE = "2024-03-01"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny trained project (read-only: tests copy what they change)."""
-    torch.set_num_threads(1)
-    return make_project(tmp_path_factory.mktemp("reliability") / "p")
+def project(trained_project) -> Path:
+    """The session's tiny trained project (read-only: tests copy what they change)."""
+    return trained_project
 
 
 @pytest.fixture
