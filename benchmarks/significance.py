@@ -15,6 +15,10 @@ sums, so users with many ratings weigh as they do in the table.
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 
 RANKING = ("ndcg@10", "hit@10", "ndcg@20", "hit@20", "recall@10", "mrr@10")
@@ -153,10 +157,6 @@ def table(
 
 
 def main(argv=None) -> None:
-    import argparse
-    import json
-    from pathlib import Path
-
     p = argparse.ArgumentParser(description="Paired bootstrap of one method against another.")
     p.add_argument("results", type=Path, nargs="+", help="JSON records of benchmarks.cold_start")
     p.add_argument("--method", default="ours")
