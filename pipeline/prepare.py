@@ -104,10 +104,8 @@ def prepare(
             "duplicates_policy": prep.duplicates,
             "k_core": prep.k_core,
         }
-        inter, items, users = (
-            pl.scan_parquet(files[n]) for n in ("interactions", "items", "users")
-        )
-        stats = data_stats(inter, items, users, dups, overlap, scale, skipped, header)
+        inter, users = (pl.scan_parquet(files[n]) for n in ("interactions", "users"))
+        stats = data_stats(inter, files["items"], users, dups, overlap, scale, skipped, header)
     write_json(stats, paths.DATA_STATS)
     _log_summary(stats, out_dir)
     return stats

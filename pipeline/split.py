@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from pipeline import cli, paths
 from pipeline.config import Params
@@ -43,12 +44,11 @@ PARAMS = ("pair", "split")  # read here; dvc.yaml lists the same
 
 def split(params: Params, users_path: Path = paths.USERS, out: Path = paths.ROLES) -> dict:
     source, target = params.pair.source, params.pair.target
-    # Read here whole only to check the file and count it; then a range of users at a time.
-    rows = len(read_parquet(users_path, columns=["n_interactions"]))
-    users = pl.scan_parquet(users_path).select("user_id", "domain", "n_interactions")
+    # Read here whole only to check the file; then a range of users at a time.
+    read_parquet(users_path, columns=["n_interactions"])
     try:
-        pair = survey_pair(users, rows, source, target)
-    except pl.exceptions.PolarsError as exc:
+        pair = survey_pair(users_path, source, target)
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
         raise unreadable(users_path, exc, "run the stage that writes it again") from None
     for role, n, domain in (("source", pair.n_source, source), ("target", pair.n_target, target)):
         if not n:
@@ -83,7 +83,7 @@ def split(params: Params, users_path: Path = paths.USERS, out: Path = paths.ROLE
         "users": {r: counts[r] for r in ROLES},
     }
     with ParquetPartWriter(out, SPLIT, summary) as writer:
-        for table in role_ranges(users, pair, codes, source, target):
+        for table in role_ranges(users_path, pair, codes, source, target):
             writer.write(table.to_arrow())
     write_json(summary, paths.SPLIT_STATS)
     log.info(

@@ -312,7 +312,7 @@ def iter_ok_images(
     """``(item_id, domain, position, image bytes)`` of every ``ok`` row, shard by shard."""
     columns = ["item_id", "domain", "position", "status", "image"]
     for file in _check_store(Path(path)):
-        with pq.ParquetFile(file) as pf:
+        with pq.ParquetFile(file, pre_buffer=False) as pf:  # not the whole shard ahead
             for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
                 cols = batch.to_pydict()
                 for item_id, domain, position, status, image in zip(

@@ -68,7 +68,7 @@ def write_items(
         catalogue = with_domains(meta_parts) if meta_parts else None
         sink_parquet(items_table(pl.scan_parquet(inter), catalogue), out, meta)
         return
-    cuts = cut_points(pl.scan_parquet(inter), "item_id", rows, n)
+    cuts = cut_points([inter], "item_id", n)
     ids = split_by_key([(inter, {})], "item_id", cuts, work / "ids", ["domain", "item_id"])
     texts = [None] * len(ids)
     if meta_parts:

@@ -10,12 +10,12 @@ ids look like (random hashes, numbers, ids sorted in the file).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-
-from pipeline.tables import STREAMING
 
 BUCKET_ROWS = 1_000_000  # rows per range: a few hundred MB to group and sort
 SAMPLES_PER_BUCKET = 1_000
@@ -27,29 +27,39 @@ def bucket_count(rows: int, per_bucket: int | None = None) -> int:
     return max(1, -(-rows // (per_bucket or BUCKET_ROWS)))
 
 
-def cut_points(frame: pl.LazyFrame, key: str, rows: int, n: int) -> list[str]:
-    """The ``n - 1`` values of ``key`` that cut ``frame`` (``rows`` rows) into ``n``
-    consecutive ranges of about equal size (quantiles of an even sample of its rows)."""
+def cut_points(paths: Sequence[Path], key: str, n: int) -> list[str]:
+    """The ``n - 1`` values of ``key`` that cut the rows of the Parquet files ``paths`` (taken
+    in order, as one table) into ``n`` consecutive ranges of about equal size: quantiles of an
+    even sample of the rows, read one row group of the key column at a time, so that the
+    sample, not the column, is what is held."""
     if n <= 1:
         return []
+    rows = sum(pq.read_metadata(p).num_rows for p in paths)
     step = max(1, rows // (n * SAMPLES_PER_BUCKET))
-    sample = (
-        frame.select(key)
-        .with_row_index("_row")
-        .filter(pl.col("_row") % step == 0)
-        .select(key)
-        .collect(**STREAMING)
-        .to_series()
-        .drop_nulls()
-        .sort()
-    )
-    return sorted({sample[len(sample) * i // n] for i in range(1, n)}) if len(sample) else []
+    sample, seen = [], 0
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            column = parquet.read_row_group(group, columns=[key]).column(0)
+            sample.append(column.take(np.arange(-seen % step, len(column), step)))
+            seen += len(column)
+    if not sample:
+        return []
+    keys = pl.concat([pl.from_arrow(part) for part in sample]).drop_nulls().sort()
+    return sorted({keys[len(keys) * i // n] for i in range(1, n)}) if len(keys) else []
 
 
-def key_ranges(frame: pl.LazyFrame, key: str, rows: int, n: int) -> list[pl.Expr]:
-    """``n`` filters on ``key`` that cut ``frame`` into ranges (:func:`cut_points`), in key
-    order; for a file sorted by ``key``, whose row groups a filter can skip."""
-    cuts, col = cut_points(frame, key, rows, n), pl.col(key)
+def row_groups(path: Path, columns: list[str]) -> Iterator[pl.DataFrame]:
+    """``columns`` of a Parquet file, one row group at a time (however large the file)."""
+    parquet = pq.ParquetFile(path, pre_buffer=False)
+    for group in range(parquet.num_row_groups):
+        yield pl.from_arrow(parquet.read_row_group(group, columns=columns, use_threads=False))
+
+
+def key_ranges(paths: Sequence[Path], key: str, n: int) -> list[pl.Expr]:
+    """``n`` filters on ``key`` that cut the rows of ``paths`` into ranges (:func:`cut_points`),
+    in key order; for a file sorted by ``key``, whose row groups a filter can skip."""
+    cuts, col = cut_points(paths, key, n), pl.col(key)
     ranges = []
     for lo, hi in zip([None, *cuts], [*cuts, None], strict=True):
         lower = pl.lit(True) if lo is None else col >= lo
@@ -79,7 +89,9 @@ def split_by_key(
     writers = [pq.ParquetWriter(p, schema, compression="zstd") for p in paths]
     try:
         for path, constants in sources:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            # pre_buffer (pyarrow's default) would read the whole file ahead of the batches.
+            parquet = pq.ParquetFile(path, pre_buffer=False)
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
                 frame = rows(batch, constants)
                 which = starts.search_sorted(frame[key], side="right")
                 parts = frame.with_columns(_range=which).partition_by(

@@ -50,7 +50,7 @@ def merge_buckets(parts: dict[str, Path], policy: str, work: Path) -> list[Path]
     n = bucket_count(rows)
     ranges = [frame]
     if n > 1:
-        cuts = cut_points(frame, "user_id", rows, n)
+        cuts = cut_points(list(parts.values()), "user_id", n)
         sources = [(p, {"domain": d}) for d, p in parts.items()]
         files = split_by_key(sources, "user_id", cuts, work / "by-user")
         ranges = [pl.scan_parquet(f) for f in files]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.config.split import SplitParams
 from pipeline.errors import InputError
@@ -91,16 +93,19 @@ class Pair:
     n_target: int
 
 
-def survey_pair(users: pl.LazyFrame, rows: int, source: str, target: str) -> Pair:
-    """Count the pair's users and list the overlapping ones; ``users``: the users table
-    (``rows`` rows, ``user_id``, ``domain``, ``n_interactions``)."""
-    ranges = key_ranges(users, "user_id", rows, bucket_count(rows))
+def survey_pair(path: Path, source: str, target: str) -> Pair:
+    """Count the pair's users and list the overlapping ones; ``path``: the users table
+    (``user_id``, ``domain``, ``n_interactions``)."""
+    users = _scan(path)
+    ranges = key_ranges([path], "user_id", bucket_count(pq.read_metadata(path).num_rows))
     overlap, n_source, n_target = [], 0, 0
     for where in ranges:
         table = _pair_users(users.filter(where), source, target)
         n_source += int((table["n_source"] > 0).sum())
         n_target += int((table["n_target"] > 0).sum())
-        overlap.append(table.filter(_both())["user_id"])
+        # Copied out: a filtered string column would keep the whole range's buffers alive.
+        ids = table.filter(_both())["user_id"].to_arrow().cast(pa.large_string())
+        overlap.append(pl.Series("user_id", ids, dtype=pl.String))
     return Pair(ranges, pl.concat(overlap), n_source, n_target)
 
 
@@ -113,11 +118,11 @@ def cold_codes(pair: Pair, params: SplitParams) -> np.ndarray:
 
 
 def role_ranges(
-    users: pl.LazyFrame, pair: Pair, codes: np.ndarray, source: str, target: str
+    path: Path, pair: Pair, codes: np.ndarray, source: str, target: str
 ) -> Iterator[pl.DataFrame]:
     """Every user of the pair with its role, ``n_source`` and ``n_target`` (0 where none), a
     range of ids at a time, in id order: the rows of ``data/split/roles.parquet``."""
-    done = 0
+    done, users = 0, _scan(path)
     for where in pair.ranges:
         table = _pair_users(users.filter(where), source, target)
         code = np.where(table["n_target"].to_numpy() == 0, SOURCE_ONLY, TRAIN).astype(np.int8)
@@ -129,6 +134,10 @@ def role_ranges(
             dict(enumerate(ROLE_CODES)), return_dtype=pl.String
         )
         yield table.select("user_id", role, "n_source", "n_target")
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(path).select("user_id", "domain", "n_interactions")
 
 
 def _pair_users(users: pl.LazyFrame, source: str, target: str) -> pl.DataFrame:

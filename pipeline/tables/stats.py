@@ -3,14 +3,17 @@ records skipped, metadata coverage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from pipeline.tables import STREAMING
+from pipeline.tables.buckets import row_groups
 
 
 def data_stats(
     inter: pl.LazyFrame,
-    items: pl.LazyFrame,
+    items: Path,
     users: pl.LazyFrame,
     dups: pl.DataFrame,
     overlap: dict[str, int],
@@ -18,7 +21,8 @@ def data_stats(
     skipped: dict,
     header: dict,
 ) -> dict:
-    """The statistics of the final tables (every query a streaming one over a few groups).
+    """The statistics of the final tables (every query a streaming one over a few groups;
+    ``items``, with its long texts, is read one row group at a time).
     ``dups``: :func:`~pipeline.tables.interactions.duplicate_stats`; ``overlap``: users in both
     domains of each pair (:func:`~pipeline.tables.assemble.write_users`); ``scale``:
     :func:`~pipeline.tables.interactions.rating_scale` (each domain's ``rating_min`` /
@@ -34,20 +38,15 @@ def data_stats(
         .collect(**STREAMING)
     )
     # One users row per (user, domain), one items row per (domain, item) with interactions.
-    for table, name in ((users, "users"), (items, "items")):
-        counts = table.group_by("domain").agg(pl.len().alias(name)).collect(**STREAMING)
-        per_domain = per_domain.join(counts, on="domain", how="left")
+    counts = users.group_by("domain").agg(users=pl.len()).collect(**STREAMING)
+    per_domain = per_domain.join(counts, on="domain", how="left")
+    columns = ["domain", "has_metadata", "title", "description", "image_urls"]
     item_stats = (
-        items.group_by("domain")
-        .agg(
-            items_with_metadata=pl.col("has_metadata").sum(),
-            items_with_title=pl.col("title").is_not_null().sum(),
-            items_with_description=pl.col("description").is_not_null().sum(),
-            items_with_image_url=(pl.col("image_urls").list.len() > 0).sum(),
-        )
-        .collect(**STREAMING)
+        pl.concat([_item_counts(group) for group in row_groups(items, columns)])
+        .group_by("domain")
+        .sum()
     )
-    table = per_domain.join(item_stats, on="domain").join(dups, on="domain", how="left")
+    table = per_domain.join(item_stats, on="domain", how="left").join(dups, on="domain", how="left")
     domains = {}
     for row in table.sort("domain").iter_rows(named=True):
         d = row.pop("domain")
@@ -65,3 +64,13 @@ def data_stats(
         "overlap_users": overlap,
         "records_skipped": dict(sorted(skipped.items())),
     }
+
+
+def _item_counts(items: pl.DataFrame) -> pl.DataFrame:
+    return items.group_by("domain").agg(
+        items=pl.len(),
+        items_with_metadata=pl.col("has_metadata").sum(),
+        items_with_title=pl.col("title").is_not_null().sum(),
+        items_with_description=pl.col("description").is_not_null().sum(),
+        items_with_image_url=(pl.col("image_urls").list.len() > 0).sum(),
+    )
