@@ -41,6 +41,8 @@ def cut_points(paths: Sequence[Path], key: str, n: int) -> list[str]:
         parquet = pq.ParquetFile(path)
         for group in range(parquet.num_row_groups):
             column = parquet.read_row_group(group, columns=[key]).column(0)
+            # pyarrow's take copies the strings out; a polars gather would keep every row
+            # group's buffers alive, which is the whole column again.
             sample.append(column.take(np.arange(-seen % step, len(column), step)))
             seen += len(column)
     if not sample:
