@@ -23,17 +23,23 @@ from pathlib import Path
 import pandas as pd
 
 
-def _reviews(path: str) -> tuple[pd.DataFrame, int]:
+def _records(path: str, row, errors: tuple) -> tuple[list, int]:
+    """``row(record)`` of every JSON line of a gzip file, and how many lines raised ``errors``."""
     rows, bad = [], 0
     with gzip.open(path, "rb") as fh:
         for line in fh:
             try:
-                r = json.loads(line)
-                rows.append(
-                    [r["user_id"], r["parent_asin"], float(r["rating"]), r.get("timestamp")]
-                )
-            except (ValueError, KeyError, TypeError):
+                rows.append(row(json.loads(line)))
+            except errors:
                 bad += 1
+    return rows, bad
+
+
+def _reviews(path: str) -> tuple[pd.DataFrame, int]:
+    def row(r: dict) -> list:
+        return [r["user_id"], r["parent_asin"], float(r["rating"]), r.get("timestamp")]
+
+    rows, bad = _records(path, row, (ValueError, KeyError, TypeError))
     df = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
     keep = df["rating"].between(1, 5)
     return df[keep], bad + int((~keep).sum())
@@ -55,25 +61,19 @@ def _price(value) -> float | None:
 
 
 def _meta(path: str) -> tuple[pd.DataFrame, int]:
-    rows, bad = [], 0
-    with gzip.open(path, "rb") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-                images = [i.get("large") or i.get("hi_res") for i in r.get("images") or []]
-                rows.append(
-                    [
-                        r["parent_asin"],
-                        _text(r.get("title")),
-                        _text(r.get("description")),
-                        r.get("categories") or [],
-                        [u for u in images if u],
-                        _text(r.get("store")),
-                        _price(r.get("price")),
-                    ]
-                )
-            except (ValueError, KeyError, TypeError, AttributeError):
-                bad += 1
+    def row(r: dict) -> list:
+        images = [i.get("large") or i.get("hi_res") for i in r.get("images") or []]
+        return [
+            r["parent_asin"],
+            _text(r.get("title")),
+            _text(r.get("description")),
+            r.get("categories") or [],
+            [u for u in images if u],
+            _text(r.get("store")),
+            _price(r.get("price")),
+        ]
+
+    rows, bad = _records(path, row, (ValueError, KeyError, TypeError, AttributeError))
     columns = ["item_id", "title", "description", "categories", "image_urls", "brand", "price"]
     return pd.DataFrame(rows, columns=columns), bad
 
