@@ -20,9 +20,7 @@ object (pyarrow reads top-level ``null`` lines badly: it can crash) never reache
 
 from __future__ import annotations
 
-import gzip
 import re
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
-from isal import igzip, isal_zlib
 
 from pipeline.errors import DamageLog
-from pipeline.sources.lines import iter_lines
+from pipeline.sources.lines import GZIP_ERRORS, iter_lines, open_binary
 
 BLOCK_BYTES = 16 << 20
 MAX_RETRIES = 4  # pyarrow failures located per block before its other lines go line by line
@@ -78,13 +75,13 @@ def read_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[Bl
     decompressed on a background thread. A truncated or corrupt gzip file fails as
     :func:`iter_lines` does (the same error, naming the last line read)."""
     block_bytes, first = block_bytes or BLOCK_BYTES, 1
-    with _open(path) as fh, ThreadPoolExecutor(1) as pool:
+    with open_binary(path) as fh, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(fh.read, block_bytes)
         tail = b""
         while True:
             try:
                 chunk = pending.result()
-            except (EOFError, gzip.BadGzipFile, zlib.error, isal_zlib.error):
+            except (EOFError, *GZIP_ERRORS):
                 for _ in iter_lines(path, DamageLog(str(path))):  # raises the per-line error
                     pass
                 raise
@@ -100,13 +97,6 @@ def read_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[Bl
                 yield block
         if tail:
             yield _block(tail, first)
-
-
-def _open(path: str | Path):
-    """The file's bytes, decompressed by ISA-L (3x zlib's speed) where it is gzip."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return igzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # noqa: SIM115
 
 
 def _block(data: bytes, first: int) -> Block:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from isal import igzip, isal_zlib
 
 from pipeline.errors import DamageLog, InputError
 
 BATCH_ROWS = 65_536
+GZIP_ERRORS = (gzip.BadGzipFile, zlib.error, isal_zlib.error)  # a corrupt gzip stream
 
 
 class BadField(Exception):
@@ -30,10 +32,11 @@ class BadField(Exception):
 
 
 def open_binary(path: str | Path):
+    """The file's bytes, decompressed by ISA-L (3x zlib's speed) where it is gzip."""
     path = Path(path)
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    return igzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # noqa: SIM115
 
 
 def iter_lines(path: str | Path, damage: DamageLog) -> Iterator[tuple[int, str]]:
@@ -51,7 +54,7 @@ def iter_lines(path: str | Path, damage: DamageLog) -> Iterator[tuple[int, str]]
                     yield number, text
     except EOFError:
         reason = "the gzip file is truncated (it ends before the gzip end marker)"
-    except (gzip.BadGzipFile, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         reason = f"the gzip file is corrupt ({exc})"
     else:
         return
