@@ -165,3 +165,42 @@ def test_a_batch_of_side_users_alone_still_trains_the_unconditional_branch(fitte
     loss = ours._generator_loss(side, torch.zeros(8, dtype=torch.bool), latents, targets, gen)
     loss.backward()
     assert ours.denoiser.null.grad is not None and ours.denoiser.null.grad.abs().sum() > 0
+
+
+def test_the_rating_head_carries_taste_not_only_generosity():
+    """Two taste groups that rate alike on average: group A likes the A movies (5) and dislikes
+    the few B movies it watches (2), group B the reverse. Item means and rating habits are the
+    same for everyone, so only the item map's score can tell a cold user's A movies from their
+    B movies; the head must learn a positive weight for it from the training users."""
+    import polars as pl
+
+    from pipeline.cdr import data as cdr_data
+    from pipeline.cdr.base import fit_base_models
+
+    rows, roles = [], {}
+    for u in range(160):
+        group, other = ("a", "b") if u % 2 else ("b", "a")
+        user = f"u{u:03d}"
+        roles[user] = "train_overlap" if u < 120 else ("valid_cold" if u < 140 else "test_cold")
+        rows += [(user, f"s{group}{i}", "src", 4.0) for i in range(5) if (u + i) % 5]
+        rows += [(user, f"t{group}{i}", "tgt", 5.0) for i in range(6) if (u + i) % 6]
+        rows += [(user, f"t{other}{i}", "tgt", 2.0) for i in range(6) if (u + i) % 3 == 0]
+    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "domain", "rating"], orient="row")
+    table = pl.DataFrame({"user_id": list(roles), "role": list(roles.values())})
+    data = cdr_data.build(inter, table, "src", "tgt")
+    base = fit_base_models(data, MFConfig(**TINY_MF), 0)
+    fitted = fit(data, base, ["ours"])
+    ours = fitted.methods["ours"]
+    assert ours.info["rating"]["map_weight"] > 0
+    test = data.cold_users("test")
+    scores = ours.rating_factors(fitted.ctx, test).scores().numpy()
+    own = np.array(
+        [
+            [i.startswith("ta") == (int(u[1:]) % 2 == 1) for i in data.tgt_item_ids]
+            for u in data.user_ids[test]
+        ]
+    )
+    # Every cold user's own-taste movies are predicted above their other-taste movies.
+    assert (
+        scores[own].reshape(len(test), -1).min(1) > scores[~own].reshape(len(test), -1).max(1)
+    ).all()

@@ -59,25 +59,30 @@ def fit_readout(
     The bias is measured against the item's mean over the other raters, shrunk towards the
     global mean as if by ``prior_strength`` more ratings (0: the raw mean): the item offsets
     the readout will be added to."""
+    keep = np.isin(train.user, users)
+    a = np.concatenate([x[train.user[keep]], np.ones((keep.sum(), 1))], 1)
+    y = train.rating[keep] - others_mean(train, keep, prior_strength)
+    reg = ridge * len(y) * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    return [round(float(w), 6) for w in np.linalg.solve(a.T @ a + reg, a.T @ y)]
+
+
+def others_mean(train: Interactions, keep: np.ndarray, prior_strength: float = 0.0) -> np.ndarray:
+    """For each rating ``train[keep]``: its item's mean over the *other* visible raters, shrunk
+    towards the global mean as if by ``prior_strength`` more ratings (leave-one-out: a user's
+    own rating never leaks into the offset it is compared with)."""
     n_items = int(train.item.max()) + 1 if len(train) else 0
     count = np.bincount(train.item, minlength=n_items).astype(np.float64)
     total = np.bincount(train.item, weights=train.rating, minlength=n_items)
-    keep = np.isin(train.user, users)
     item, rating = train.item[keep], train.rating[keep]
-    others = count[item] - 1
     fallback = float(train.rating.mean()) if len(train) else 0.0
-    weight = others + prior_strength
-    loo_mean = np.divide(
+    weight = count[item] - 1 + prior_strength
+    return np.divide(
         total[item] - rating + prior_strength * fallback,
         weight,
         out=np.full(len(rating), fallback),
         where=weight > 0,
     )
-    a = np.concatenate([x[train.user[keep]], np.ones((keep.sum(), 1))], 1)
-    y = rating - loo_mean
-    reg = ridge * len(y) * np.eye(a.shape[1])
-    reg[-1, -1] = 0.0  # the intercept is not shrunk
-    return [round(float(w), 6) for w in np.linalg.solve(a.T @ a + reg, a.T @ y)]
 
 
 def floor_weights() -> list[float]:

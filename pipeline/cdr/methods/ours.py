@@ -24,9 +24,13 @@ One model, four parts, each fitted once (no validation-fitted blend):
    users. Ranking is a product of the two experts: each expert's scores standardised per user
    (exactly, from its item vectors' covariance, without scoring every item) and summed with
    equal weights, so neither is tuned against the other.
-4. **Rating head** (explicit data): ``shrunk item mean + habit-read user bias + <z_hat, q_i>``:
-   the bias is :class:`~pipeline.cdr.methods.baselines.HabitBias`'s readout, the item vectors
-   ``q`` are learned on the overlap users' target ratings from their *generated* latents.
+4. **Rating head** (explicit data): ``shrunk item mean + habit-read user bias + a * m_ui +
+   <z_hat, q_i>``: the bias is :class:`~pipeline.cdr.methods.baselines.HabitBias`'s readout;
+   ``m_ui`` is the item map's score of item ``i`` for the user, centred and standardised over
+   the items (users rate higher what the map expects them to pick), with one weight ``a``
+   fitted by least squares on the overlap users' ratings from *cross-fitted* maps (each user's
+   score from a map fitted without them, so ``a`` is what the map's score is worth for a new
+   user); the item vectors ``q`` are learned on what is left, from the *generated* latents.
 
 Model selection uses the validation cold users only: the item map's penalty, the generator's
 checkpoint and guidance scale by the product's NDCG@10, the rating head's epoch by RMSE.
@@ -62,6 +66,7 @@ CHECK_EVERY = 5  # epochs between validation checks
 PATIENCE = 10  # checks without improvement before training stops
 RATING_EPOCHS = 100  # most epochs of the rating head's item vectors
 RATING_WEIGHT_DECAY = 1e-3
+FOLDS = 5  # cross-fitting folds of the rating head's map weight
 
 
 def _user_noise(users: np.ndarray, draws: int, dim: int) -> torch.Tensor:
@@ -108,6 +113,7 @@ class Ours(StepsSwitch, Method):
         "guidance",
         "readout",
         "item_offset",
+        "affinity",
     )
     shape_attributes = ("vocab", "inputs", "src_map", "map_items", "map_latent")
     drops_inputs: ClassVar[tuple[str, ...]] = ()  # ablations: condition inputs left out
@@ -122,6 +128,7 @@ class Ours(StepsSwitch, Method):
         self.sample_steps = config.sample_steps
         self.guidance = 1.0
         self.readout: list[float] = []
+        self.affinity = 0.0  # the rating head's weight of the item map's score
         self.src_map = self.map_items = self.map_latent = self.item_offset = None
         self.penalty = None
 
@@ -225,7 +232,12 @@ class Ours(StepsSwitch, Method):
         self.gen_items = self.decoder.item_vectors().detach()
         self.gen_std = _standardiser(self.gen_items)[1]
         if self.src_map is not None:
-            self.map_std = _standardiser(self.map_items)[1]
+            self.map_mean, self.map_std = _standardiser(self.map_items)
+
+    def _map_user(self, ctx: FitContext, users: np.ndarray) -> torch.Tensor:
+        """The item map's user vectors, scaled so that their scores have unit spread."""
+        u_map = torch.as_tensor(self._history(ctx, users) @ self.src_map.numpy()).float()
+        return u_map * _per_user_scale(u_map, self.map_std)
 
     def ranking_factors(self, ctx: FitContext, users: np.ndarray, guidance=None) -> Factors:
         z = self.generate(users, guidance)
@@ -233,9 +245,8 @@ class Ours(StepsSwitch, Method):
         user = user * _per_user_scale(user, self.gen_std)
         item = self.gen_items
         if self.src_map is not None:
-            u_map = torch.as_tensor(self._history(ctx, users) @ self.src_map.numpy())
-            u_map = u_map.float() * _per_user_scale(u_map, self.map_std)
-            user, item = torch.cat([user, u_map], 1), torch.cat([item, self.map_items], 1)
+            user = torch.cat([user, self._map_user(ctx, users)], 1)
+            item = torch.cat([item, self.map_items], 1)
         return Factors(user, item)
 
     def rating_factors(self, ctx: FitContext, users: np.ndarray) -> Factors | None:
@@ -250,6 +261,9 @@ class Ours(StepsSwitch, Method):
             [z, torch.as_tensor(bias, dtype=torch.float32)[:, None], torch.ones(n, 1)], 1
         )
         item = torch.cat([weights, torch.ones(m, 1), self.item_offset[:, None]], 1)
+        if self.src_map is not None:  # a * m_ui: the centred, standardised map score
+            user = torch.cat([user, self.affinity * self._map_user(ctx, users)], 1)
+            item = torch.cat([item, self.map_items - self.map_mean.float()], 1)
         return Factors(user, item)
 
     # ------------------------------------------------------------------ training
@@ -309,7 +323,7 @@ class Ours(StepsSwitch, Method):
             tried[lam] = ctx.ndcg(Factors(user, items))
         self.penalty = max(tried, key=tried.get)
         self.src_map, self.map_items = basis.factors(self.penalty)
-        self.map_std = _standardiser(self.map_items)[1]
+        self.map_mean, self.map_std = _standardiser(self.map_items)
         self.info["item_map"] = {
             "rank": int(basis.singular.size),
             "valid_ndcg@10": tried[self.penalty],
@@ -400,8 +414,9 @@ class Ours(StepsSwitch, Method):
         return loss
 
     def _fit_rating_head(self, ctx: FitContext, overlap: np.ndarray) -> None:
-        """Habit readout (closed form), shrunk item means, then the item vectors ``q`` on the
-        overlap users' residual ratings from their generated latents; epoch by valid RMSE."""
+        """Habit readout (closed form), shrunk item means, the map score's weight (closed form,
+        cross-fitted), then the item vectors ``q`` on the overlap users' residual ratings from
+        their generated latents; epoch by valid RMSE."""
         data = ctx.data
         tr = data.tgt_train
         offset, strength = shrunk_item_means(ctx)
@@ -412,10 +427,14 @@ class Ours(StepsSwitch, Method):
         z = self.generate(overlap)
         bias = habits.apply_readout(self.habit_x[overlap], self.readout)
         item = torch.as_tensor(tr.item[keep])
-        resid = torch.as_tensor(
-            tr.rating[keep] - self.item_offset.numpy()[tr.item[keep]] - bias[pos],
-            dtype=torch.float32,
-        )
+        resid = tr.rating[keep] - self.item_offset.numpy()[tr.item[keep]] - bias[pos]
+        if self.src_map is not None:
+            score = self._cross_fitted_scores(ctx, overlap, pos, tr.item[keep])
+            # Against the leave-one-out offsets, as the readout: a rating never explains itself.
+            loo = tr.rating[keep] - habits.others_mean(tr, keep, strength) - bias[pos]
+            self.affinity = float(score @ loo / max(float(score @ score), 1e-12))
+            resid = resid - self.affinity * score
+        resid = torch.as_tensor(resid, dtype=torch.float32)
         row = torch.as_tensor(pos)
         gen = torch.Generator().manual_seed(ctx.seed + 41)
         opt = torch.optim.Adam(
@@ -438,7 +457,34 @@ class Ours(StepsSwitch, Method):
             if stop.step(valid_rmse(), epoch, self.rating_items.state_dict()):
                 break
         self.rating_items.load_state_dict(stop.best_state)
-        self.info["rating"] = {"epoch": stop.best_epoch, "valid_rmse": stop.best}
+        self.info["rating"] = {
+            "map_weight": self.affinity,
+            "epoch": stop.best_epoch,
+            "valid_rmse": stop.best,
+        }
+
+    def _cross_fitted_scores(
+        self, ctx: FitContext, overlap: np.ndarray, pos: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:
+        """The centred, standardised map score of each (overlap user ``pos``, target item)
+        pair, from the map (same penalty) fitted on the other ``FOLDS - 1`` folds of users."""
+        xs = self._history(ctx, overlap)
+        xt = item_space.target_rows(ctx.data, overlap)
+        fold = np.random.default_rng(ctx.seed + 43).permutation(len(overlap)) % FOLDS
+        out = np.zeros(len(pos))
+        for f in range(FOLDS):
+            held = fold == f
+            if not held.any() or held.all():
+                continue
+            basis = item_space.RidgeBasis.fit(xs[~held], xt[~held], self.config.rank, ctx.seed)
+            src_map, map_items = basis.factors(self.penalty)
+            mean, cov = _standardiser(map_items)
+            user = torch.as_tensor(xs[held] @ src_map.numpy()).float()
+            user = user * _per_user_scale(user, cov)
+            row = (np.cumsum(held) - 1)[pos]  # position among the fold's users
+            sel = held[pos]
+            out[sel] = Factors(user, map_items - mean.float()).pairs(row[sel], items[sel])
+        return out
 
 
 def shrunk_item_means(ctx: FitContext) -> tuple[np.ndarray, float]:
