@@ -67,6 +67,7 @@ PATIENCE = 10  # checks without improvement before training stops
 RATING_EPOCHS = 100  # most epochs of the rating head's item vectors
 RATING_WEIGHT_DECAY = 1e-3
 FOLDS = 5  # cross-fitting folds of the rating head's map weight
+PAIR_CHUNK = 65_536  # (user, item) pairs scored at a time
 
 
 def _user_noise(users: np.ndarray, draws: int, dim: int) -> torch.Tensor:
@@ -481,9 +482,12 @@ class Ours(StepsSwitch, Method):
             mean, cov = _standardiser(map_items)
             user = torch.as_tensor(xs[held] @ src_map.numpy()).float()
             user = user * _per_user_scale(user, cov)
+            factors = Factors(user, map_items - mean.float())
             row = (np.cumsum(held) - 1)[pos]  # position among the fold's users
-            sel = held[pos]
-            out[sel] = Factors(user, map_items - mean.float()).pairs(row[sel], items[sel])
+            todo = np.flatnonzero(held[pos])
+            for lo in range(0, len(todo), PAIR_CHUNK):  # (chunk, rank) at a time, not (nnz, rank)
+                part = todo[lo : lo + PAIR_CHUNK]
+                out[part] = factors.pairs(row[part], items[part])
         return out
 
 
