@@ -28,9 +28,10 @@ One model, four parts, each fitted once (no validation-fitted blend):
    <z_hat, q_i>``: the bias is :class:`~pipeline.cdr.methods.baselines.HabitBias`'s readout;
    ``m_ui`` is the item map's score of item ``i`` for the user, centred and standardised over
    the items (users rate higher what the map expects them to pick), with one weight ``a``
-   fitted by least squares on the overlap users' ratings from *cross-fitted* maps (each user's
-   score from a map fitted without them, so ``a`` is what the map's score is worth for a new
-   user); the item vectors ``q`` are learned on what is left, from the *generated* latents.
+   (and an intercept, added to the readout's) fitted by least squares on the overlap users'
+   ratings from *cross-fitted* maps (each user's score from a map fitted without them, so ``a``
+   is what the map's score is worth for a new user); the item vectors ``q`` are learned on
+   what is left, from the *generated* latents.
 
 Model selection uses the validation cold users only: the item map's penalty, the generator's
 checkpoint and guidance scale by the product's NDCG@10, the rating head's epoch by RMSE.
@@ -131,7 +132,7 @@ class Ours(StepsSwitch, Method):
         self.readout: list[float] = []
         self.affinity = 0.0  # the rating head's weight of the item map's score
         self.src_map = self.map_items = self.map_latent = self.item_offset = None
-        self.penalty = None
+        self.penalty = self.unit = None  # the map's penalty and its unit (fit only)
 
     # ------------------------------------------------------------------ inputs
     def _dense_inputs(self, ctx: FitContext) -> dict[str, np.ndarray]:
@@ -323,6 +324,7 @@ class Ours(StepsSwitch, Method):
             user = torch.as_tensor(xv @ src_map.numpy(), dtype=torch.float32)
             tried[lam] = ctx.ndcg(Factors(user, items))
         self.penalty = max(tried, key=tried.get)
+        self.unit = basis.mean_diagonal
         self.src_map, self.map_items = basis.factors(self.penalty)
         self.map_mean, self.map_std = _standardiser(self.map_items)
         self.info["item_map"] = {
@@ -433,8 +435,13 @@ class Ours(StepsSwitch, Method):
             score = self._cross_fitted_scores(ctx, overlap, pos, tr.item[keep])
             # Against the leave-one-out offsets, as the readout: a rating never explains itself.
             loo = tr.rating[keep] - habits.others_mean(tr, keep, strength) - bias[pos]
-            self.affinity = float(score @ loo / max(float(score @ score), 1e-12))
-            resid = resid - self.affinity * score
+            # With an intercept: the rated items are the map's likely picks, so their mean
+            # score is above 0 and a weight alone would also shift every prediction up.
+            design = np.stack([score, np.ones_like(score)], 1)
+            weight, shift = np.linalg.lstsq(design, loo, rcond=None)[0]
+            self.affinity = float(weight)
+            self.readout = [*self.readout[:-1], round(self.readout[-1] + float(shift), 6)]
+            resid = resid - self.affinity * score - shift
         resid = torch.as_tensor(resid, dtype=torch.float32)
         row = torch.as_tensor(pos)
         gen = torch.Generator().manual_seed(ctx.seed + 41)
@@ -468,7 +475,8 @@ class Ours(StepsSwitch, Method):
         self, ctx: FitContext, overlap: np.ndarray, pos: np.ndarray, items: np.ndarray
     ) -> np.ndarray:
         """The centred, standardised map score of each (overlap user ``pos``, target item)
-        pair, from the map (same penalty) fitted on the other ``FOLDS - 1`` folds of users."""
+        pair, from the map fitted on the other ``FOLDS - 1`` folds of users (same relative
+        penalty)."""
         xs = self._history(ctx, overlap)
         xt = item_space.target_rows(ctx.data, overlap)
         fold = np.random.default_rng(ctx.seed + 43).permutation(len(overlap)) % FOLDS
@@ -478,7 +486,8 @@ class Ours(StepsSwitch, Method):
             if not held.any() or held.all():
                 continue
             basis = item_space.RidgeBasis.fit(xs[~held], xt[~held], self.config.rank, ctx.seed)
-            src_map, map_items = basis.factors(self.penalty)
+            # The same penalty relative to the Gram's mean diagonal, which shrinks with the fold.
+            src_map, map_items = basis.factors(self.penalty * basis.mean_diagonal / self.unit)
             mean, cov = _standardiser(map_items)
             user = torch.as_tensor(xs[held] @ src_map.numpy()).float()
             user = user * _per_user_scale(user, cov)
