@@ -314,7 +314,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("test", "valid"),
         default="test",
         help="cold users the metrics are taken on: test (default), or valid, the users every "
-        "selection was made on (how much the selection flatters a method)",
+        "selection was made on (how much the selection flatters a method); records say which in "
+        "'users', 'ranked_users' counts the users measured, 'test_users' stays the test count",
     )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)
