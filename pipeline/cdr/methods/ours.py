@@ -102,6 +102,13 @@ def _per_user_scale(user: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return var.clamp_min(1e-18).rsqrt().float()[:, None]
 
 
+def _map_vectors(history: sp.csr_matrix, src_map: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """An item map's user vectors for these source rows, scaled so that their scores over the
+    map's items (covariance ``cov``) have unit spread."""
+    user = torch.as_tensor(history @ src_map.numpy()).float()
+    return user * _per_user_scale(user, cov)
+
+
 class Ours(StepsSwitch, Method):
     name = "ours"
     config_name = "ours"  # ablations read the same params section
@@ -238,8 +245,7 @@ class Ours(StepsSwitch, Method):
 
     def _map_user(self, ctx: FitContext, users: np.ndarray) -> torch.Tensor:
         """The item map's user vectors, scaled so that their scores have unit spread."""
-        u_map = torch.as_tensor(self._history(ctx, users) @ self.src_map.numpy()).float()
-        return u_map * _per_user_scale(u_map, self.map_std)
+        return _map_vectors(self._history(ctx, users), self.src_map, self.map_std)
 
     def ranking_factors(self, ctx: FitContext, users: np.ndarray, guidance=None) -> Factors:
         z = self.generate(users, guidance)
@@ -489,9 +495,7 @@ class Ours(StepsSwitch, Method):
             # The same penalty relative to the Gram's mean diagonal, which shrinks with the fold.
             src_map, map_items = basis.factors(self.penalty * basis.mean_diagonal / self.unit)
             mean, cov = _standardiser(map_items)
-            user = torch.as_tensor(xs[held] @ src_map.numpy()).float()
-            user = user * _per_user_scale(user, cov)
-            factors = Factors(user, map_items - mean.float())
+            factors = Factors(_map_vectors(xs[held], src_map, cov), map_items - mean.float())
             row = (np.cumsum(held) - 1)[pos]  # position among the fold's users
             todo = np.flatnonzero(held[pos])
             for lo in range(0, len(todo), PAIR_CHUNK):  # (chunk, rank) at a time, not (nnz, rank)
