@@ -134,3 +134,24 @@ def test_save_and_load_give_the_same_scores(fitted, tmp_path, tiny_data):
         a = fitted.methods[name].ranking_factors(fitted.ctx, users).scores()
         b = loaded.methods[name].ranking_factors(loaded.ctx, users).scores()
         torch.testing.assert_close(a, b)
+
+
+def test_cd_ease_is_the_ridge_map_of_unit_length_source_rows(fitted):
+    """Each training user's source row enters the fit scaled to unit length, so a user with a
+    long history weighs as much as one with a short one; at full rank the low-rank form is the
+    exact ridge solution of those rows."""
+    from pipeline.cdr.methods.item_models import overlap_rows
+
+    ctx, method = fitted.ctx, fitted.methods["cd_ease"]
+    xs, xt = overlap_rows(ctx)
+    a = item_space.restrict(xs, method.vocab).toarray().astype(np.float64)
+    assert len(method.vocab) <= CDEaseConfig().rank  # full rank: the closed form is exact
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    w = np.linalg.solve(a.T @ a + method.penalty * np.eye(a.shape[1]), a.T @ xt.toarray())
+    users = ctx.data.cold_users("test")[:8]
+    x = item_space.restrict(
+        item_space.source_rows(ctx.src, users, ctx.data.n_src_items), method.vocab
+    ).toarray()
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    got = method.ranking_factors(ctx, users).scores().numpy()
+    np.testing.assert_allclose(got, x @ w, atol=1e-4)

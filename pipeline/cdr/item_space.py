@@ -78,6 +78,15 @@ def normalise_rows(x: sp.csr_matrix) -> sp.csr_matrix:
     return sp.diags(1.0 / np.maximum(norms, 1e-12)).dot(x).tocsr()
 
 
+def map_rows(xs: sp.csr_matrix, vocab: np.ndarray) -> sp.csr_matrix:
+    """The ridge map's input: binary source rows over the map's vocabulary, each scaled to unit
+    length (``1/sqrt(n)`` for ``n`` items). Every training user then weighs the same in the
+    fit, however long their history, instead of heavy users dominating ``Xs'Xs`` (SVD++'s and
+    the normalised adjacency's ``1/sqrt(n)``). A user's scores only change scale, so their
+    ranking is the same as from the binary row."""
+    return normalise_rows(restrict(xs, vocab))
+
+
 def truncated_svd(
     x: sp.csr_matrix, rank: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,7 +131,7 @@ class RidgeBasis:
 
     def factors(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(source item map (n_source_items, k), target item vectors (n_target_items, k)):
-        a user's vector is their binary source row times the map."""
+        a user's vector is their source row (as the basis was fitted on) times the map."""
         shrink = self.singular / (self.singular**2 + lam)
         src = torch.as_tensor(self.src_vectors * shrink[None, :], dtype=torch.float32)
         return src, torch.as_tensor(self.item_vectors, dtype=torch.float32)

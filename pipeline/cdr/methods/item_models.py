@@ -6,7 +6,9 @@ overlap users only. See :mod:`pipeline.cdr.item_space` for the algebra and memor
 
 - ``cd_ease``: the ridge map from source items to target items, ``W = (Xs'Xs + lam I)^-1 Xs'Xt``
   (the cross-domain form of EASE, Steck, WWW 2019), in rank-``k`` SVD form; ``lam`` is picked
-  on the validation cold users from a grid relative to the data's scale.
+  on the validation cold users from a grid relative to the data's scale. The rows of ``Xs``
+  are the binary source rows scaled to unit length (:func:`~pipeline.cdr.item_space.map_rows`),
+  so that heavy users do not dominate the fit.
 - ``cd_itemknn``: item-to-item cosine neighbours from source to target items (Linden et al.,
   IEEE Internet Computing 2003), the ``n`` best per source item; a user's score for a target
   item is the sum of its similarities to the user's source items.
@@ -41,7 +43,7 @@ class CDEase(Method):
         xs, xt = overlap_rows(ctx)
         self.vocab = item_space.vocabulary(xs)
         basis = item_space.RidgeBasis.fit(
-            item_space.restrict(xs, self.vocab), xt, self.config.rank, ctx.seed
+            item_space.map_rows(xs, self.vocab), xt, self.config.rank, ctx.seed
         )
         tried = {}
         for lam in item_space.penalty_grid(basis.mean_diagonal):
@@ -58,7 +60,7 @@ class CDEase(Method):
 
     def ranking_factors(self, ctx: FitContext, users: np.ndarray) -> Factors:
         xs = item_space.source_rows(ctx.src, users, ctx.data.n_src_items)
-        user = item_space.restrict(xs, self.vocab) @ self.src_map.numpy()
+        user = item_space.map_rows(xs, self.vocab) @ self.src_map.numpy()
         return Factors(torch.as_tensor(user, dtype=torch.float32), self.item_vectors)
 
 

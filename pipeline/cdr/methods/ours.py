@@ -174,9 +174,10 @@ class Ours(StepsSwitch, Method):
         return np.asarray(ctx.extra[key])
 
     def _history(self, ctx: FitContext, users: np.ndarray) -> sp.csr_matrix:
-        """Binary source rows of ``users`` over the vocabulary (the items overlap users had)."""
+        """Source rows of ``users`` over the vocabulary (the items overlap users had), scaled to
+        unit length as the item map takes them (the encoder reads only which items)."""
         xs = item_space.source_rows(ctx.src, users, ctx.data.n_src_items)
-        return item_space.restrict(xs, self.vocab)
+        return item_space.map_rows(xs, self.vocab)
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
