@@ -6,7 +6,7 @@ and both sized by the catalogue, never by users x users or source items x target
 
 - the cross-domain ridge map (``cd_ease``): target scores ``x_s W`` with
   ``W = (Xs'Xs + lam I)^-1 Xs'Xt``, computed from a rank-``k`` SVD of ``Xs`` (the overlap users'
-  source rows), ``Xs = U S V'``: ``W = V diag(s / (s^2 + lam)) U'Xt``. A user is then the
+  source rows, each scaled to unit length: :func:`map_rows`), ``Xs = U S V'``: ``W = V diag(s / (s^2 + lam)) U'Xt``. A user is then the
   k-vector ``x_s V diag(s / (s^2 + lam))`` and an item the k-vector column of ``U'Xt``; scoring
   stays one matrix product. Every ``lam`` reuses the same SVD. With ``k`` at the rank of ``Xs``
   it is the exact ridge solution; below it, the directions with the smallest singular values
