@@ -31,6 +31,20 @@ def overlap_rows(ctx: FitContext):
     return xs, item_space.target_rows(ctx.data, users)
 
 
+def select_penalty(
+    ctx: FitContext, basis: item_space.RidgeBasis, valid_rows
+) -> tuple[float, dict[float, float]]:
+    """The ridge penalty of the grid whose map ranks the validation cold users best (their
+    source rows ``valid_rows``, as the basis was fitted on; the first of equal values), and
+    every penalty's validation NDCG@10. ``cd_ease`` and ``ours``' item map select alike."""
+    tried = {}
+    for lam in item_space.penalty_grid(basis.mean_diagonal):
+        src_map, items = basis.factors(lam)
+        user = torch.as_tensor(valid_rows @ src_map.numpy(), dtype=torch.float32)
+        tried[lam] = ctx.ndcg(Factors(user, items))
+    return max(tried, key=tried.get), tried
+
+
 class CDEase(Method):
     name = "cd_ease"
     has_ratings = False
@@ -45,11 +59,8 @@ class CDEase(Method):
         basis = item_space.RidgeBasis.fit(
             item_space.map_rows(xs, self.vocab), xt, self.config.rank, ctx.seed
         )
-        tried = {}
-        for lam in item_space.penalty_grid(basis.mean_diagonal):
-            self.src_map, self.item_vectors = basis.factors(lam)
-            tried[lam] = ctx.ndcg(self.ranking_factors(ctx, ctx.data.cold_users("valid")))
-        self.penalty = max(tried, key=tried.get)  # the first of equal values
+        valid = item_space.source_rows(ctx.src, ctx.data.cold_users("valid"), ctx.data.n_src_items)
+        self.penalty, tried = select_penalty(ctx, basis, item_space.map_rows(valid, self.vocab))
         self.src_map, self.item_vectors = basis.factors(self.penalty)
         self.info = {
             "rank": int(basis.singular.size),

@@ -53,6 +53,7 @@ from pipeline.cdr.configs import OursConfig
 from pipeline.cdr.methods import habits
 from pipeline.cdr.methods.base import Factors, FitContext, Method, StepsSwitch
 from pipeline.cdr.methods.baselines import source_habits
+from pipeline.cdr.methods.item_models import select_penalty
 from pipeline.cdr.training import EarlyStopping, minibatches, seed_everything
 from pipeline.errors import PipelineError
 from pipeline.recs.metrics import POSITIVE_RATING
@@ -323,14 +324,8 @@ class Ours(StepsSwitch, Method):
         xs = self._history(ctx, overlap)
         xt = item_space.target_rows(ctx.data, overlap)
         basis = item_space.RidgeBasis.fit(xs, xt, self.config.rank, ctx.seed)
-        valid = ctx.data.cold_users("valid")
-        xv = self._history(ctx, valid)
-        tried = {}
-        for lam in item_space.penalty_grid(basis.mean_diagonal):
-            src_map, items = basis.factors(lam)
-            user = torch.as_tensor(xv @ src_map.numpy(), dtype=torch.float32)
-            tried[lam] = ctx.ndcg(Factors(user, items))
-        self.penalty = max(tried, key=tried.get)
+        valid = self._history(ctx, ctx.data.cold_users("valid"))
+        self.penalty, tried = select_penalty(ctx, basis, valid)
         self.unit = basis.mean_diagonal
         self.src_map, self.map_items = basis.factors(self.penalty)
         self.map_mean, self.map_std = _standardiser(self.map_items)
