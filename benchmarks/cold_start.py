@@ -14,7 +14,11 @@ validation cold users, every selection uses those only, and the test metrics of 
 models are reported. Writes a JSON array (one record per beta, seed and method) and prints
 mean +- std over seeds. ``--users valid`` reports on the validation users instead: the users
 the selection was made on, so the gap between the two reports is how much a method's
-selection flatters it.
+selection flatters it. ``--users valid-halves`` measures a method without the selection's
+optimism and without the test users: each split's validation users are cut in two halves (by
+the seed), every selection is made on one half and the metrics are taken on the other (moved
+to the test role; the real test users are left out of the target data), then the halves swap,
+so each split gives two records (``half`` 0 and 1).
 
 Condition inputs of ``ours`` from outside the interactions: ``--source-items FILE`` (a RecBole
 ``.item`` file of the source domain) embeds each item's title and categories with the
@@ -155,21 +159,25 @@ def run(args: argparse.Namespace) -> list[dict]:
                 valid_users_file=valid_file,
             )
             roles = assign_roles(src_users, tgt_users, split)
-            roles_df = pl.DataFrame(
-                {"user_id": sorted(roles), "role": [roles[u] for u in sorted(roles)]}
-            )
-            data = build(interactions, roles_df, "source", "target")
-            tp, extra = condition_inputs(train, data, items, args.profiles)
-            start = time.perf_counter()
-            fitted = harness.fit(data, methods, tp.method_configs(), tp.base, seed, extra)
-            results = harness.evaluate(fitted, args.users, per_user=True)
-            if args.steps_curve:
-                for row in harness.sampling_steps_curve(fitted, args.users, steps=(5, 10, 30)):
-                    steps_rows.append({"beta": beta, "seed": seed, **row})
-            log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
-            for name, row in results.items():
-                records.append(
+            for half, split_roles in role_sets(roles, args.users, seed):
+                roles_df = pl.DataFrame(
                     {
+                        "user_id": sorted(split_roles),
+                        "role": [split_roles[u] for u in sorted(split_roles)],
+                    }
+                )
+                data = build(interactions, roles_df, "source", "target")
+                tp, extra = condition_inputs(train, data, items, args.profiles)
+                which = "valid" if args.users == "valid" else "test"
+                start = time.perf_counter()
+                fitted = harness.fit(data, methods, tp.method_configs(), tp.base, seed, extra)
+                results = harness.evaluate(fitted, which, per_user=True)
+                if args.steps_curve:
+                    for row in harness.sampling_steps_curve(fitted, which, steps=(5, 10, 30)):
+                        steps_rows.append({"beta": beta, "seed": seed, **row})
+                log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
+                for name, row in results.items():
+                    record = {
                         "dataset": dataset,
                         "source": str(args.source),
                         "target": str(args.target),
@@ -188,12 +196,36 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "per_user": row.get("per_user"),
                         "per_user_errors": row.get("per_user_errors"),
                     }
-                )
+                    if half is not None:
+                        record["half"] = half
+                    records.append(record)
             if args.out:
                 write_records(records, args.out)  # after every split: a crash keeps what finished
     if steps_rows:
         print(steps_table(steps_rows))
     return records
+
+
+def role_sets(
+    roles: dict[str, str], users: str, seed: int
+) -> list[tuple[int | None, dict[str, str]]]:
+    """The split's roles as measured: unchanged (half None), or for ``valid-halves`` two role
+    maps, one per half of the validation users: that half selects (``valid_cold``), the other
+    is measured (``test_cold``) and the real test users become ``source_only`` (their target
+    rows leave the data; they never trained anyway)."""
+    if users != "valid-halves":
+        return [(None, roles)]
+    valid = sorted(u for u, r in roles.items() if r == "valid_cold")
+    side = np.random.default_rng([seed, 2]).permutation(len(valid)) % 2
+    out = []
+    for half in (0, 1):
+        measured = {u for u, k in zip(valid, side, strict=True) if k != half}
+        swapped = {
+            u: "test_cold" if u in measured else "source_only" if r == "test_cold" else r
+            for u, r in roles.items()
+        }
+        out.append((half, swapped))
+    return out
 
 
 def write_records(records: list[dict], path: Path) -> None:
@@ -311,11 +343,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--users",
-        choices=("test", "valid"),
+        choices=("test", "valid", "valid-halves"),
         default="test",
-        help="cold users the metrics are taken on: test (default), or valid, the users every "
-        "selection was made on (how much the selection flatters a method); records say which in "
-        "'users', 'ranked_users' counts the users measured, 'test_users' stays the test count",
+        help="cold users the metrics are taken on: test (default); valid, the users every "
+        "selection was made on (how much the selection flatters a method); or valid-halves, "
+        "selection on one half of them and metrics on the other, both ways (two records per "
+        "split, 'half' 0/1). Records say which in 'users'; 'ranked_users' counts the users "
+        "measured, 'test_users' the users in the test role",
     )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)

@@ -64,10 +64,11 @@ def paired_bootstrap(
 ) -> dict | None:
     """Difference ``method - other`` of ``metric`` at ``beta`` (mean over the splits both were
     run on), its bootstrap 95 % interval and two-sided p-value; None without per-user values."""
-    by_split: dict[int, dict[str, dict]] = {}
+    by_split: dict[tuple, dict[str, dict]] = {}
     for r in records:
         if r["beta"] == beta and r["method"] in (method, other):
-            by_split.setdefault(r["seed"], {})[r["method"]] = r
+            # a split is a seed, or a seed's half with `--users valid-halves`
+            by_split.setdefault((r["seed"], r.get("half")), {})[r["method"]] = r
     splits = []
     for runs in by_split.values():
         if len(runs) < 2:

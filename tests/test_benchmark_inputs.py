@@ -47,3 +47,48 @@ def test_users_valid_reports_on_the_validation_users(tmp_path):
         assert {r["users"] for r in records} == {which}
         # every cold user has a positive (all ratings >= 4), so all of them are ranked
         assert {r["ranked_users"] for r in records} == {count[role]}
+
+
+def test_users_valid_halves_select_on_one_half_and_measure_the_other(tmp_path):
+    """`--users valid-halves`: two records per split and method, each measured on one half of
+    the validation users (the halves are disjoint and together make up all of them), never on
+    the test users; the significance test pairs the records half by half."""
+    import json
+
+    from benchmarks.cold_start import main
+    from benchmarks.significance import paired_bootstrap
+    from pipeline.config.split import SplitParams
+    from pipeline.tables.roles import assign_roles
+
+    rng = np.random.default_rng(0)
+    users = [f"u{u:03d}" for u in range(200)]
+    for name, prefix in (("src", "s"), ("tgt", "t")):
+        rows = [
+            f"{u}\t{prefix}{i}\t{float(rng.integers(4, 6))}"
+            for u in users
+            for i in rng.choice(30, size=6, replace=False)
+        ]
+        (tmp_path / f"{name}.inter").write_text("user_id\titem_id\trating\n" + "\n".join(rows))
+    roles = assign_roles(set(users), set(users), SplitParams(seed=1, test_fraction=0.5))
+    valid = {u for u, r in roles.items() if r == "valid_cold"}
+    out = tmp_path / "halves.json"
+    argv = ["--source", str(tmp_path / "src.inter"), "--target", str(tmp_path / "tgt.inter")]
+    argv += ["--betas", "0.5", "--seeds", "1", "--methods", "popularity,cd_ease"]
+    argv += ["--params", str(tmp_path / "none.yaml"), "--users", "valid-halves"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert sorted((r["method"], r["half"]) for r in records) == [
+        ("cd_ease", 0),
+        ("cd_ease", 1),
+        ("popularity", 0),
+        ("popularity", 1),
+    ]
+    measured = {
+        h: {tuple(r["per_user"]["user_id"]) for r in records if r["half"] == h} for h in (0, 1)
+    }
+    assert all(len(m) == 1 for m in measured.values())  # both methods saw the same users
+    half0, half1 = (set(next(iter(measured[h]))) for h in (0, 1))
+    assert not half0 & half1 and half0 | half1 == valid
+    assert {r["users"] for r in records} == {"valid-halves"}
+    test = paired_bootstrap(records, 0.5, "cd_ease", "popularity", "ndcg@10", replicates=50)
+    assert test["splits"] == 2 and test["users"] == len(valid)
