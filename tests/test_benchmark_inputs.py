@@ -17,12 +17,9 @@ def test_only_inputs_that_need_files_are_dropped():
     assert train.ours.condition != kept.ours.condition  # the caller's params are not changed
 
 
-def test_users_valid_reports_on_the_validation_users(tmp_path):
-    """`--users valid` measures the users every selection was made on, and says so in each
-    record; the default stays the test users."""
-    import json
-
-    from benchmarks.cold_start import main
+def _two_domains(tmp_path) -> dict[str, str]:
+    """src.inter and tgt.inter of 200 users with 6 items each in both domains, all ratings
+    >= 4 (every cold user has a positive); the roles of the split at beta 0.5, seed 1."""
     from pipeline.config.split import SplitParams
     from pipeline.tables.roles import assign_roles
 
@@ -35,7 +32,17 @@ def test_users_valid_reports_on_the_validation_users(tmp_path):
             for i in rng.choice(30, size=6, replace=False)
         ]
         (tmp_path / f"{name}.inter").write_text("user_id\titem_id\trating\n" + "\n".join(rows))
-    roles = assign_roles(set(users), set(users), SplitParams(seed=1, test_fraction=0.5))
+    return assign_roles(set(users), set(users), SplitParams(seed=1, test_fraction=0.5))
+
+
+def test_users_valid_reports_on_the_validation_users(tmp_path):
+    """`--users valid` measures the users every selection was made on, and says so in each
+    record; the default stays the test users."""
+    import json
+
+    from benchmarks.cold_start import main
+
+    roles = _two_domains(tmp_path)
     count = {r: sum(v == r for v in roles.values()) for r in ("valid_cold", "test_cold")}
     for which, role in (("valid", "valid_cold"), ("test", "test_cold")):
         out = tmp_path / f"{which}.json"
@@ -57,19 +64,8 @@ def test_users_valid_halves_select_on_one_half_and_measure_the_other(tmp_path):
 
     from benchmarks.cold_start import main
     from benchmarks.significance import paired_bootstrap
-    from pipeline.config.split import SplitParams
-    from pipeline.tables.roles import assign_roles
 
-    rng = np.random.default_rng(0)
-    users = [f"u{u:03d}" for u in range(200)]
-    for name, prefix in (("src", "s"), ("tgt", "t")):
-        rows = [
-            f"{u}\t{prefix}{i}\t{float(rng.integers(4, 6))}"
-            for u in users
-            for i in rng.choice(30, size=6, replace=False)
-        ]
-        (tmp_path / f"{name}.inter").write_text("user_id\titem_id\trating\n" + "\n".join(rows))
-    roles = assign_roles(set(users), set(users), SplitParams(seed=1, test_fraction=0.5))
+    roles = _two_domains(tmp_path)
     valid = {u for u, r in roles.items() if r == "valid_cold"}
     out = tmp_path / "halves.json"
     argv = ["--source", str(tmp_path / "src.inter"), "--target", str(tmp_path / "tgt.inter")]
