@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     items = item_text_vectors(args.source_items, args.text_encoder) if args.source_items else None
     records = []
     steps_rows: list[dict] = []
+    which = "valid" if args.users == "valid" else "test"  # valid-halves: measured half is test
     for beta in args.betas:
         for seed in args.seeds:
             test_file, valid_file = split_files(args.splits_dir, beta, seed)
@@ -168,7 +169,6 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
                 data = build(interactions, roles_df, "source", "target")
                 tp, extra = condition_inputs(train, data, items, args.profiles)
-                which = "valid" if args.users == "valid" else "test"
                 start = time.perf_counter()
                 fitted = harness.fit(data, methods, tp.method_configs(), tp.base, seed, extra)
                 results = harness.evaluate(fitted, which, per_user=True)
