@@ -82,6 +82,16 @@ def test_save_and_load_give_the_same_lists_and_ratings(fitted, tiny_data, extra,
     )
 
 
+def test_loading_with_a_store_of_another_width_names_the_input(fitted, tiny_data, extra, tmp_path):
+    store.save(fitted, tmp_path / "models", {"seed": 0})
+    train = TrainParams(
+        methods=["popularity", "habit_bias", "ours"], base=MFConfig(**TINY_MF), ours=FEATURES
+    )
+    wider = {**extra, "profile": np.zeros((tiny_data.n_users, 16), dtype=np.float32)}
+    with pytest.raises(PipelineError, match=r"'profile': 12.*'profile': 16.*retrain"):
+        store.load(tmp_path / "models", tiny_data, train, wider)
+
+
 def test_same_seed_same_model(tiny_data, tiny_base):
     a = harness.evaluate(fit(tiny_data, tiny_base, ["ours"]), "valid")["ours"]
     b = harness.evaluate(fit(tiny_data, tiny_base, ["ours"]), "valid")["ours"]

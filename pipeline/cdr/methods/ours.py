@@ -138,6 +138,7 @@ class Ours(StepsSwitch, Method):
         self.sample_steps = config.sample_steps
         self.guidance = 1.0
         self.readout: list[float] = []
+        self.inputs: dict[str, int] | None = None  # condition input widths, by name
         self.affinity = 0.0  # the rating head's weight of the item map's score
         self.src_map = self.map_items = self.map_latent = self.item_offset = None
         self.penalty = self.unit = None  # the map's penalty and its unit (fit only)
@@ -154,8 +155,7 @@ class Ours(StepsSwitch, Method):
                 out[name] = self._extra(ctx, "profile", "user_profiles")
             elif name == "item_map":
                 if self.src_map is not None:
-                    history = self._history(ctx, np.arange(data.n_users))
-                    out[name] = (history @ self.src_map.numpy()) @ self.map_latent.numpy()
+                    out[name] = (self.history @ self.src_map.numpy()) @ self.map_latent.numpy()
             else:  # liked_items
                 feats = self._extra(ctx, "source_item_features", "item_features")
                 liked = POSITIVE_RATING if data.explicit else None
@@ -182,14 +182,12 @@ class Ours(StepsSwitch, Method):
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
-        x = self.history[users]
-        n = np.diff(x.indptr)
-        weights = np.repeat(1.0 / np.sqrt(np.maximum(n, 1)), n)
+        x = self.history[users]  # unit-length rows: each item weighs 1/sqrt(n)
         idx = torch.as_tensor(users)
         return self.encoder(
             torch.as_tensor(x.indices, dtype=torch.long),
             torch.as_tensor(x.indptr[:-1], dtype=torch.long),
-            torch.as_tensor(weights, dtype=torch.float32),
+            torch.as_tensor(x.data, dtype=torch.float32),
             {k: v[idx] for k, v in self.dense.items()},
             generator,
         )
@@ -199,11 +197,20 @@ class Ours(StepsSwitch, Method):
         cfg = self.config
         self.history = self._history(ctx, np.arange(ctx.data.n_users))
         self.habit_x = source_habits(ctx) if ctx.data.explicit else None
-        self.dense = {k: torch.as_tensor(v) for k, v in self._dense_inputs(ctx).items()}
+        dense = self._dense_inputs(ctx)
+        widths = {k: int(v.shape[1]) for k, v in dense.items()}
+        if self.inputs is not None and widths != self.inputs:  # loading: the stores changed
+            raise PipelineError(
+                f"{self.name} was trained on the condition inputs {self.inputs} (name: width) "
+                f"but this data gives {widths}: retrain it (dvc repro train) or score with "
+                "the feature and profile stores it was trained on"
+            )
+        self.inputs = widths
+        self.dense = {k: torch.as_tensor(v) for k, v in dense.items()}
         self.encoder = SourceEncoder(
             len(self.vocab),
             cfg.width,
-            {k: self.inputs[k] for k in self.dense},
+            self.inputs,
             item_dropout=ITEM_DROPOUT,
         )
         self.denoiser = LatentDenoiser(cfg.latent_dim, cfg.width, deterministic=not cfg.diffusion)
@@ -292,7 +299,7 @@ class Ours(StepsSwitch, Method):
             self._fit_item_map(ctx, overlap)
             # The map's scores seen through the autoencoder: a latent the generator starts from.
             self.map_latent = self.map_items.T @ basis / basis.pow(2).sum(0).clamp_min(1e-12)
-        self.inputs = {k: int(v.shape[1]) for k, v in self._dense_inputs(ctx).items()}
+        self.inputs = None  # sized by build from this data's condition inputs
         self.build(ctx)
         with torch.no_grad():
             self.decoder.basis.copy_(basis)
