@@ -182,12 +182,16 @@ class Ours(StepsSwitch, Method):
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
-        x = self.history[users]  # unit-length rows: each item weighs 1/sqrt(n)
+        x = self.history[users]
+        n = np.diff(x.indptr)
+        # 1/sqrt(n) in float64, not the history's float32 values: one ulp apart, and the
+        # trained model (so every published figure) would move in its last digits.
+        weights = np.repeat(1.0 / np.sqrt(np.maximum(n, 1)), n)
         idx = torch.as_tensor(users)
         return self.encoder(
             torch.as_tensor(x.indices, dtype=torch.long),
             torch.as_tensor(x.indptr[:-1], dtype=torch.long),
-            torch.as_tensor(x.data, dtype=torch.float32),
+            torch.as_tensor(weights, dtype=torch.float32),
             {k: v[idx] for k, v in self.dense.items()},
             generator,
         )
