@@ -66,12 +66,16 @@ def test_a_users_vector_does_not_depend_on_the_batch(fitted, tiny_data):
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
-def test_save_and_load_give_the_same_lists_and_ratings(fitted, tiny_data, extra, tmp_path):
-    store.save(fitted, tmp_path / "models", {"seed": 0})
+def save_and_load(fitted, data, extra, path):
+    store.save(fitted, path, {"seed": 0})
     train = TrainParams(
         methods=["popularity", "habit_bias", "ours"], base=MFConfig(**TINY_MF), ours=FEATURES
     )
-    loaded = store.load(tmp_path / "models", tiny_data, train, extra)
+    return store.load(path, data, train, extra)
+
+
+def test_save_and_load_give_the_same_lists_and_ratings(fitted, tiny_data, extra, tmp_path):
+    loaded = save_and_load(fitted, tiny_data, extra, tmp_path / "models")
     users = tiny_data.cold_users("test")
     a, b = fitted.methods["ours"], loaded.methods["ours"]
     torch.testing.assert_close(
@@ -83,13 +87,9 @@ def test_save_and_load_give_the_same_lists_and_ratings(fitted, tiny_data, extra,
 
 
 def test_loading_with_a_store_of_another_width_names_the_input(fitted, tiny_data, extra, tmp_path):
-    store.save(fitted, tmp_path / "models", {"seed": 0})
-    train = TrainParams(
-        methods=["popularity", "habit_bias", "ours"], base=MFConfig(**TINY_MF), ours=FEATURES
-    )
     wider = {**extra, "profile": np.zeros((tiny_data.n_users, 16), dtype=np.float32)}
     with pytest.raises(PipelineError, match=r"'profile': 12.*'profile': 16.*retrain"):
-        store.load(tmp_path / "models", tiny_data, train, wider)
+        save_and_load(fitted, tiny_data, wider, tmp_path / "models")
 
 
 def test_same_seed_same_model(tiny_data, tiny_base):
