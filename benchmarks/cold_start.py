@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if args.steps_curve:
                     for row in harness.sampling_steps_curve(fitted, which, steps=(5, 10, 30)):
                         steps_rows.append({"beta": beta, "seed": seed, **row})
-                log.info("beta %s seed %s: %.0f s", beta, seed, time.perf_counter() - start)
+                part = "" if half is None else f" half {half}"
+                log.info("beta %s seed %s%s: %.0f s", beta, seed, part, time.perf_counter() - start)
                 for name, row in results.items():
                     record = {
                         "dataset": dataset,
