@@ -1,7 +1,8 @@
 """Stage ``user_profiles``: an instruction LLM describes each user's taste from their
 source-domain history; the profile is embedded and stored (MuSiC's LLM user features).
 
-For every user who needs one (training-overlap and cold users of the pair), a versioned
+For every user who needs one (the cold users of the pair, and the training-overlap users, or
+the stable sample of them that ``user_profiles.train_fraction`` names), a versioned
 template from ``prompts/`` is filled with the user's most informative source items and the
 model writes a short profile: SmolLM2-135M-Instruct offline by default, any causal LM by name
 or directory, or an OpenAI-compatible endpoint. Outputs are checked, retried once, else
@@ -67,7 +68,9 @@ def user_profiles(params: Params, store: Path = USERS_STORE) -> dict:
         return {"enabled": False}
 
     prompt = load_prompt(p.template)
-    users, rows = read_histories(paths.ROLES, paths.INTERACTIONS, paths.ITEMS, source)
+    users, rows = read_histories(
+        paths.ROLES, paths.INTERACTIONS, paths.ITEMS, source, p.train_fraction
+    )
     key = model_key(p)
     settings = {
         "template": prompt.version,

@@ -130,6 +130,24 @@ def test_store_schema_cache_and_incremental_rerun(project):
     )
 
 
+def test_a_sample_of_training_users_is_profiled_and_grows_by_reuse(project):
+    roles = pl.read_parquet("data/split/roles.parquet")
+    train = set(roles.filter(pl.col("role") == "train_overlap")["user_id"])
+    cold = set(roles.filter(pl.col("role").is_in(["valid_cold", "test_cold"]))["user_id"])
+
+    some = up.user_profiles(load_params("params.yaml", {"user_profiles.train_fraction": 0.3}))
+    small = set(read_profile_store()["user_id"])
+    assert cold <= small and some["users"] == len(small)
+    assert 0.15 * len(train) < len(small & train) < 0.45 * len(train)
+
+    # A larger share keeps every sampled user and generates only the users it adds.
+    more = up.user_profiles(load_params("params.yaml", {"user_profiles.train_fraction": 0.6}))
+    large = set(read_profile_store()["user_id"])
+    assert small < large and 0.45 * len(train) < len(large & train) < 0.75 * len(train)
+    assert more["reused"] == len(small)
+    assert 0 < more["generated_now"] <= len(large - small)
+
+
 def test_disabled_stage_writes_an_empty_store(project):
     params = load_params("params.yaml", {"user_profiles.enabled": False})
     assert up.user_profiles(params) == {"enabled": False}

@@ -19,6 +19,9 @@ class UserProfilesParams(Section):
     endpoint: str | None = None  # OpenAI-compatible base URL (backend openai)
     template: str = "prompts/user_profile_v1.txt"
     max_items: int = Field(6, ge=1)  # history items shown to the LLM, most informative first
+    # share of the training-overlap users profiled (a sample stable under data growth, by a
+    # hash of the user id); validation and test cold users always get a profile
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback

@@ -12,6 +12,7 @@ is only ever embedded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -63,10 +64,22 @@ def render(prompt: Prompt, history: list[str], source: str, target: str) -> str:
 
 
 def read_histories(
-    roles: Path, interactions: Path, items: Path, source: str
+    roles: Path, interactions: Path, items: Path, source: str, train_fraction: float = 1.0
 ) -> tuple[list[str], dict[tuple[str], pl.DataFrame]]:
-    """The users who need a profile (sorted) and their source rows (rating, title, categories)."""
+    """The users who need a profile (sorted) and their source rows (rating, title, categories):
+    every cold user, and the training-overlap users in the ``train_fraction`` sample."""
     needed = pl.read_parquet(roles).filter(pl.col("role").is_in(NEEDS_PROFILE))
+    train = needed["role"] == "train_overlap"
+    if train_fraction < 1.0:
+        keep = in_sample(needed["user_id"].to_list(), train_fraction)
+        needed = needed.filter(~train | pl.Series(keep))
+        log.info(
+            "training-overlap users profiled: %d of %d (train_fraction %g); cold users: all %d",
+            int((needed["role"] == "train_overlap").sum()),
+            int(train.sum()),
+            train_fraction,
+            int((~train).sum()),
+        )
     users = sorted(needed["user_id"].to_list())
     inter = (
         pl.scan_parquet(interactions)
@@ -78,6 +91,18 @@ def read_histories(
     meta = meta.filter(pl.col("domain") == source).drop("domain")
     rows = inter.join(meta, on="item_id", how="left").partition_by("user_id", as_dict=True)
     return users, rows
+
+
+def in_sample(user_ids: list[str], fraction: float) -> list[bool]:
+    """Whether each user is in the ``fraction`` sample: a uniform number read from a hash of
+    the user id, so a user's membership depends on nothing else (not on the split seed, not on
+    who else is in the data), and raising the fraction only adds users."""
+    scale = float(1 << 64)
+    return [
+        int.from_bytes(hashlib.sha256(f"profile-sample:{u}".encode()).digest()[:8]) / scale
+        < fraction
+        for u in user_ids
+    ]
 
 
 def clean_item_text(text: str | None, limit: int) -> tuple[str, bool]:
