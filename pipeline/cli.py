@@ -24,7 +24,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a param, e.g. -S split.seed=3 (YAML value); repeatable",
+        help="override a param this stage reads, e.g. -S section.key=3 (YAML value); repeatable",
     )
     return p
 
@@ -37,8 +37,17 @@ def params_from(args: argparse.Namespace, stage: str, reads: Sequence[str]) -> P
         key, sep, value = item.partition("=")
         if not sep:
             raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not any(_within(key, read) or _within(read, key) for read in reads):
+            raise PipelineError(
+                f"--set {key}: stage {stage} does not read it (it reads {', '.join(reads)})"
+            )
+        overrides[key] = yaml.safe_load(value)
     return load_params(args.params, overrides, reads, stage)
+
+
+def _within(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
 
 
 def setup_logging() -> None:

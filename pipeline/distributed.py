@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from functools import cache
 
+from pipeline.errors import PipelineError
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -39,12 +41,18 @@ def rank(device: str = "auto") -> Rank:
     return Rank(0, 1, resolve_device(device))
 
 
-def resolve_device(device: str = "auto") -> str:
-    if device != "auto":
+def resolve_device(device: str = "auto", key: str = "device") -> str:
+    """``auto`` is CUDA when available, else the CPU; a CUDA device asked for by name must be
+    available (the error names the param ``key``)."""
+    if device == "cpu":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise PipelineError(f"{key}: {device} requested but CUDA is not available")
+    return device
 
 
 def barrier() -> None:

@@ -104,7 +104,7 @@ def _encode_here(
     """The local engine: every item in this process, chunk by chunk (each journalled, and
     reused by the later chunks as one pass would); (store meta, [counts])."""
     items = read_parquet(items_path, columns=item_batches.COLUMNS)
-    encoders = load_encoders(p, distributed.resolve_device(p.device))
+    encoders = load_encoders(p, distributed.resolve_device(p.device, "item_features.device"))
     ids, dims = encoders.ids, encoders.dims
     cache, journal = load_cache(out_path, ids, dims), Journal(out_path)
     cache.update(journal.cache(ids, dims))  # what a killed run encoded

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pipeline.config import load_params
-from pipeline.errors import ParamsError, UndeclaredParamError
+from pipeline.distributed import resolve_device
+from pipeline.errors import ParamsError, PipelineError, UndeclaredParamError
 from tests.conftest import ROOT, write_params
 
 
@@ -123,3 +125,37 @@ def test_a_declared_key_must_exist():
         load_params(ROOT / "params.yaml", reads=("split.sed",), stage="split")
     with pytest.raises(UndeclaredParamError, match=r"declares unknown params section 'splt'"):
         load_params(ROOT / "params.yaml", reads=("splt",), stage="split")
+
+
+@pytest.mark.parametrize("section", ["item_features", "user_profiles", "score"])
+def test_a_device_that_is_not_auto_cpu_or_cuda_is_named(tmp_path, section):
+    path = write_params(tmp_path / "params.yaml", **{section: {"device": "gpu"}})
+    with pytest.raises(ParamsError, match=rf"{section}\.device: .*auto, cpu, cuda or cuda:N"):
+        load_params(path)
+    assert load_params(ROOT / "params.yaml", {f"{section}.device": "cuda:1"})
+
+
+def test_an_unquoted_score_date_is_read_as_the_date(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    path.write_text(text.replace('date: "2026-01-01"', "date: 2026-01-05", 1))
+    assert load_params(path).score.date == "2026-01-05"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_where_there_is_none_names_the_param():
+    with pytest.raises(PipelineError, match=r"user_profiles\.device: cuda:0 requested but CUDA"):
+        resolve_device("cuda:0", "user_profiles.device")
+    assert resolve_device("auto", "user_profiles.device") == "cpu"
+
+
+def test_a_set_override_of_a_param_the_stage_does_not_read_is_refused():
+    from pipeline import cli
+
+    args = cli.parser("score").parse_args(["--params", str(ROOT / "params.yaml")])
+    args.set = ["split.seed=3"]
+    with pytest.raises(PipelineError, match=r"--set split\.seed: stage score does not read it"):
+        cli.params_from(args, "score", ("pair", "train", "score"))
+    args.set = ["images.enabled=false", "item_features.clip.model=RN50"]
+    params = cli.params_from(args, "item_features", ("images.enabled", "item_features"))
+    assert params.item_features.clip.model == "RN50" and not params.images.enabled

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.config import Section
-from pipeline.config.engine import Engine, RayParams
+from pipeline.config.engine import Device, Engine, RayParams
 
 
 class ClipParams(Section):
@@ -35,6 +35,6 @@ class ItemFeaturesParams(Section):
     caption: CaptionParams = CaptionParams()
     batch_size: int = Field(64, ge=1)
     max_text_chars: int = Field(1000, ge=16)  # longer text is cut (titles can be huge)
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"  # auto | cpu | cuda[:N]
     engine: Engine = "local"  # local | ray (Ray Data actors, pipeline.engine)
     ray: RayParams = RayParams(batch_size=1024)  # items per actor call

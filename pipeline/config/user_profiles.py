@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.config import Section
-from pipeline.config.engine import Engine, RayParams
+from pipeline.config.engine import Device, Engine, RayParams
 
 
 class UserProfilesParams(Section):
@@ -25,7 +25,7 @@ class UserProfilesParams(Section):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     max_retries: int = Field(1, ge=0)  # regenerations of a rejected output before the fallback
-    device: str = "auto"
+    device: Device = "auto"  # auto | cpu | cuda[:N]
     concurrency: int = Field(4, ge=1)  # requests in flight to the endpoint (openai, llamacpp)
     threads: int | None = Field(None, ge=1)  # CPU threads of the llamacpp server; null = all
     timeout_seconds: float = Field(120.0, gt=0)  # per request to the endpoint, then retried

@@ -37,7 +37,9 @@ class EncodeItems:
 
     def __init__(self, p: ItemFeaturesParams, image_store: Path, out_path: Path):
         self.p, self.image_store = p, Path(image_store)
-        self.encoders = load_encoders(p, distributed.resolve_device(p.device))
+        self.encoders = load_encoders(
+            p, distributed.resolve_device(p.device, "item_features.device")
+        )
         self.cache = load_cache(Path(out_path), self.encoders.ids, self.encoders.dims)
         self.meta = store_meta(p, self.encoders)
         self.actor = f"{socket.gethostname()}:{os.getpid()}"

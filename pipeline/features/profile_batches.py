@@ -48,7 +48,9 @@ def generate(
     if p.engine == "ray":
         generate_on_ray(p, todo, source, target, journal)
         return
-    with contextlib.closing(make_writer(p, distributed.resolve_device(p.device))) as writer:
+    with contextlib.closing(
+        make_writer(p, distributed.resolve_device(p.device, "user_profiles.device"))
+    ) as writer:
 
         def on_batch(batch: list[dict]) -> None:
             journal.append(batch, writer.model_id)
@@ -65,7 +67,9 @@ def embed(
     """The profile vectors, in the item text encoder's space, and the encoder's description."""
     if p.engine == "ray" and texts:
         return embed_on_ray(features, texts, p)
-    encoder = load_item_text_encoder(features, distributed.resolve_device(p.device))
+    encoder = load_item_text_encoder(
+        features, distributed.resolve_device(p.device, "user_profiles.device")
+    )
     if not texts:
         return np.zeros((0, encoder.dim), np.float32), encoder.describe()
     return encoder.encode(texts, features.batch_size), encoder.describe()
@@ -77,7 +81,7 @@ class WriteProfiles:
     def __init__(self, p: UserProfilesParams, template: Path, source: str, target: str):
         self.p, self.source, self.target = p, source, target
         self.prompt = load_prompt(template)
-        device = distributed.resolve_device(p.device)
+        device = distributed.resolve_device(p.device, "user_profiles.device")
         self.writer = make_writer(p, device, engine.threads(p.ray.cpus_per_actor))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -127,7 +131,9 @@ class EmbedTexts:
 
     def __init__(self, features: ItemFeaturesParams, device: str):
         self.batch_size = features.batch_size
-        self.encoder = load_item_text_encoder(features, distributed.resolve_device(device))
+        self.encoder = load_item_text_encoder(
+            features, distributed.resolve_device(device, "user_profiles.device")
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         vectors = self.encoder.encode(batch["text"].to_pylist(), self.batch_size)

@@ -14,17 +14,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.errors import PipelineError
 from pipeline.recs.topk import exclude_, top_k
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; a CUDA device must be available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"score.device: {name} requested but CUDA is not available")
-    return torch.device(name)
+    return torch.device(distributed.resolve_device(name, "score.device"))
 
 
 @dataclass
