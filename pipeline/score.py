@@ -13,8 +13,9 @@ hidden, so the stage's lists are the rankings ``evaluate`` measured. The models 
 ``data/models/`` with the data they were fitted on (interactions and roles name the users and
 items the models index).
 
-Output ``OUT/dt=DATE/`` (``data/scores/`` by default; date from ``--date``, ``score.date``,
-else today in UTC), replaced atomically, one run at a time whatever the date (a second run
+Output ``OUT/dt=DATE/`` (``data/scores/``, the DVC output, for the stage; a ``--users`` run
+must name its ``--out``), date from ``--date``, else ``score.date`` for the stage and today in
+UTC for a ``--users`` run (``score.date`` pins the stage's partition only), replaced atomically, one run at a time whatever the date (a second run
 on the same ``OUT`` fails at once), a killed run of the local engine resumed after its last
 finished part by the next run of that date (:mod:`pipeline.recs.partition`):
 ``part-NNNNN.parquet`` (:data:`pipeline.recs.lists.SCHEMA`, one row per user and rank, sorted
@@ -69,10 +70,16 @@ def score(
     """Score users into ``out/dt=date/``; returns the manifest."""
     start = time.perf_counter()
     sp, pair = params.score, params.pair
+    if users_path is not None and out is None:
+        raise PipelineError(
+            f"--out: required with --users (the default, {SCORES}, is the score stage's DVC "
+            "output, which dvc repro and dvc checkout replace)"
+        )
     out = Path(out) if out is not None else SCORES
     try:
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
-        date = check_date(date or sp.date or today, "--date")
+        pinned = sp.date if users_path is None else None  # a scheduled run is dated today
+        date = check_date(date or pinned or today, "--date")
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
     data, fitted = trained.load(params, model_dir)
@@ -145,11 +152,20 @@ def score(
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--users", type=Path, help="Parquet/CSV, user_id (default: the cold users)")
+    p.add_argument(
+        "--users",
+        type=Path,
+        help="Parquet/CSV with user_id, or .txt, one id per line (default: the cold users)",
+    )
     fresh = "fresh interactions, Parquet/CSV (default: the training data, held-out rows hidden)"
     p.add_argument("--interactions", type=Path, help=fresh)
-    p.add_argument("--out", type=Path, help=f"output directory (default: {SCORES})")
-    p.add_argument("--date", help="partition date YYYY-MM-DD (default: score.date, else today UTC)")
+    p.add_argument(
+        "--out", type=Path, help=f"output directory (default: {SCORES}; required with --users)"
+    )
+    p.add_argument(
+        "--date",
+        help="partition date YYYY-MM-DD (default: score.date, else today UTC; with --users today)",
+    )
     p.add_argument("--models", type=Path, default=paths.MODELS, help="trained model directory")
     args = p.parse_args(argv)
     return score(

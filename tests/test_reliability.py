@@ -338,7 +338,7 @@ def test_a_truncated_parquet_input_names_the_file(scratch, stage, damaged):
 def test_a_bad_users_file_names_the_file(scratch, name, content, expected):
     users = scratch / name
     users.write_bytes(content)
-    code, err = run_stage("score", ["--users", str(users), "--out", "out"], scratch)
+    code, err = run_stage("score", ["--users", str(users), "--out", "out", "--date", DATE], scratch)
     one_line_error(code, err, str(users), expected)
     record(
         f"bad users file: {name} {expected.split(';')[0]}",
@@ -353,7 +353,7 @@ def test_a_truncated_interactions_file_for_scoring_names_the_file(scratch):
     data = (scratch / "data/prepared/interactions.parquet").read_bytes()
     fresh.write_bytes(data[: len(data) // 2])
     (scratch / "users.txt").write_text("u1\n")
-    args = ["--users", "users.txt", "--interactions", str(fresh), "--out", "out"]
+    args = ["--users", "users.txt", "--interactions", str(fresh), "--out", "out", "--date", DATE]
     one_line_error(*run_stage("score", args, scratch), str(fresh), "cannot be read")
 
 
@@ -382,7 +382,9 @@ def _scored(root: Path, out: str = "out") -> list[str]:
 def test_users_file_ids_are_trimmed_and_blank_ids_are_missing(scratch):
     a, b = _cold(scratch, 2)
     (scratch / "users.csv").write_text(f"user_id\n  {a}\n{b}\t\n   \n\n")
-    code, err = run_stage("score", ["--users", "users.csv", "--out", "out"], scratch)
+    code, err = run_stage(
+        "score", ["--users", "users.csv", "--out", "out", "--date", DATE], scratch
+    )
     assert code == 0, err
     assert _scored(scratch) == [a, b]
     manifest = json.loads((scratch / "out" / f"dt={DATE}" / "manifest.json").read_text())
@@ -392,7 +394,9 @@ def test_users_file_ids_are_trimmed_and_blank_ids_are_missing(scratch):
 def test_a_text_file_with_one_id_per_line_is_a_users_file(scratch):
     a, b = _cold(scratch, 2)
     (scratch / "users.txt").write_text(f"\ufeff{a}\r\n# a comment\r\n\r\n{b}\r\nNOBODY\r\n")
-    code, err = run_stage("score", ["--users", "users.txt", "--out", "out"], scratch)
+    code, err = run_stage(
+        "score", ["--users", "users.txt", "--out", "out", "--date", DATE], scratch
+    )
     assert code == 0, err
     assert _scored(scratch) == [a, b] and _rejects(scratch) == {"NOBODY": "unknown_user"}
 
@@ -411,7 +415,7 @@ def test_a_new_user_whose_source_rows_have_no_rating_is_told_so(scratch):
     )
     rows.write_csv(scratch / "fresh.csv")
     (scratch / "users.txt").write_text("NEW\n")
-    args = ["--users", "users.txt", "--interactions", "fresh.csv", "--out", "out"]
+    args = ["--users", "users.txt", "--interactions", "fresh.csv", "--out", "out", "--date", DATE]
     code, err = run_stage("score", args, scratch)
     assert code == 0, err
     assert _rejects(scratch) == {"NEW": "no_rated_source_items"}

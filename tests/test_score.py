@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -365,6 +366,23 @@ def test_a_date_that_is_not_a_calendar_day_fails_before_any_work(project, monkey
     assert not (project / "bad-date").exists()
     with pytest.raises(PipelineError, match=r"date '2024-3-1': expected YYYY-MM-DD"):
         load_params(project / "params.yaml", {"score.date": "2024-3-1"})
+
+
+def test_a_users_file_run_names_its_out_and_is_dated_today(project, monkeypatch, tmp_path):
+    users = pl.read_parquet(project / "data/split/roles.parquet")["user_id"][:5]
+    pl.DataFrame({"user_id": users}).write_csv(tmp_path / "users.csv")
+    monkeypatch.chdir(project)
+    with pytest.raises(PipelineError, match=r"--out: required with --users"):
+        score_mod.score(params(), users_path=tmp_path / "users.csv", progress=False)
+    assert params().score.date  # the stage's pinned partition date, not a scheduled run's
+
+    def today() -> str:
+        return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+    before = today()
+    got = run(project, monkeypatch, out="nightly", date=None, users_path=tmp_path / "users.csv")
+    assert got["date"] in (before, today())
+    assert [p.name for p in (project / "nightly").iterdir()] == [f"dt={got['date']}"]
 
 
 # --------------------------------------------------------------------------- crashes

@@ -102,7 +102,9 @@ def test_hostile_ids_come_back_as_data_intact(hostile):
     asked = [u for u in HOSTILE_IDS if "\x00" not in u]  # (a CSV cell holds no NUL)
     with open(hostile / "users.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["user_id"], *([u] for u in asked)])
-    code, err = run_stage("score", ["--users", "users.csv", "--out", "data/scores"], hostile)
+    code, err = run_stage(
+        "score", ["--users", "users.csv", "--out", "data/scores", "--date", "2024-03-01"], hostile
+    )
     assert code == 0, err
     part = hostile / "data/scores/dt=2024-03-01"
     scored = set(pl.read_parquet(part / "part-*.parquet")["user_id"])
