@@ -305,6 +305,13 @@ def test_no_method_to_train_is_refused_at_stage_start(scratch):
     assert not (scratch / "metrics/cold_start.json").exists()
 
 
+def test_profiles_turned_off_but_still_a_condition_input_says_what_to_change(scratch):
+    code, err = run_stage("user_profiles", ["-S", "user_profiles.enabled=false"], scratch)
+    assert code == 0, err
+    code, err = run_stage("train", ["-S", "train.methods=[ours]"], scratch)
+    one_line_error(code, err, "user_profiles.enabled: false", "train.ours.condition")
+
+
 @pytest.mark.parametrize(
     "stage, damaged",
     [

@@ -18,7 +18,7 @@ from pipeline.cdr.configs import TrainParams
 from pipeline.cdr.data import CDRData
 from pipeline.cdr.methods import METHODS
 from pipeline.errors import PipelineError
-from pipeline.io import read_parquet
+from pipeline.io import read_json, read_parquet
 
 log = logging.getLogger("features")
 
@@ -61,6 +61,13 @@ def align(ids: np.ndarray, keys: list[str], vectors: np.ndarray) -> tuple[np.nda
 
 def load_profiles(data: CDRData, store: Path) -> np.ndarray:
     parts = sorted(Path(store).glob("part-*.parquet"))
+    manifest = Path(store) / "manifest.json"
+    if not parts and manifest.exists() and read_json(manifest).get("enabled") is False:
+        raise PipelineError(
+            f"{store}: user profiles are off (user_profiles.enabled: false) but "
+            "train.ours.condition includes 'profile': leave it out too, e.g. -S "
+            "'train.ours.condition=[liked_items,habits]'"
+        )
     if not parts:
         raise PipelineError(f"{store}: no user profiles (run `dvc repro user_profiles`)")
     frame = pl.concat([read_parquet(p, columns=["user_id", "profile_emb"]) for p in parts])
