@@ -14,7 +14,7 @@ from pipeline import cli, cpu, paths
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, harness, store
 from pipeline.config import Params
-from pipeline.io import stable_hash, write_json
+from pipeline.io import write_json
 
 log = logging.getLogger("train")
 PARAMS = ("dataset.name", "pair", "train")  # read here; dvc.yaml lists the same
@@ -47,7 +47,7 @@ def train(params: Params) -> harness.Fitted:
         "source": pair.source,
         "target": pair.target,
         "seed": tp.seed,
-        "params_hash": stable_hash(tp.model_dump()),
+        "params_hash": store.params_hash(tp),
     }
     store.save(fitted, paths.MODELS, meta)
     write_json(store.timings(fitted), paths.TRAIN_TIMES)

@@ -305,6 +305,12 @@ def test_no_method_to_train_is_refused_at_stage_start(scratch):
     assert not (scratch / "metrics/cold_start.json").exists()
 
 
+def test_models_trained_with_other_train_params_are_not_scored_silently(scratch):
+    code, err = run_stage("score", ["-S", "train.emcdr.epochs=21"], scratch)
+    one_line_error(code, err, "trained with other `train` params", "dvc repro train")
+    assert not (scratch / "data/scores").exists()
+
+
 def test_profiles_turned_off_but_still_a_condition_input_says_what_to_change(scratch):
     code, err = run_stage("user_profiles", ["-S", "user_profiles.enabled=false"], scratch)
     assert code == 0, err

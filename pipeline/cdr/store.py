@@ -30,7 +30,7 @@ from pipeline.cdr.data import CDRData
 from pipeline.cdr.harness import Fitted, make_context
 from pipeline.cdr.methods import METHODS
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, read_json, sha256_file, write_json
+from pipeline.io import atomic_dir, read_json, sha256_file, stable_hash, write_json
 
 MANIFEST = "manifest.json"
 BASE = "base.pt"
@@ -171,6 +171,11 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def params_hash(train: TrainParams) -> str:
+    """The manifest's ``params_hash``: what the models were trained with (the train section)."""
+    return stable_hash(train.model_dump())
+
+
 def load(
     model_dir: Path, data: CDRData, train: TrainParams, extra: dict[str, Any] | None = None
 ) -> Fitted:
@@ -180,6 +185,13 @@ def load(
         raise PipelineError(
             f"{model_dir / MANIFEST}: the models were trained on other data or another split "
             f"({RETRAIN})"
+        )
+    trained_with = manifest.get("params_hash")
+    if trained_with is not None and trained_with != params_hash(train):
+        raise PipelineError(
+            f"{model_dir / MANIFEST}: the models were trained with other `train` params than "
+            f"the ones given now (params.yaml or -S changed since): {RETRAIN}, or score with "
+            "the params they were trained with"
         )
     verify(model_dir, manifest)
     try:
