@@ -48,7 +48,7 @@ from pipeline.cdr import store
 from pipeline.config import Params
 from pipeline.config.score import check_date
 from pipeline.errors import PipelineError
-from pipeline.io import stable_hash
+from pipeline.io import read_meta, stable_hash
 from pipeline.recs import batches, lists, partition, plan, rank, trained
 from pipeline.recs.fold import fold_in
 
@@ -89,9 +89,14 @@ def score(
     requested = plan.stage_users(data) if users_path is None else plan.read_users(users_path)
     fresh = None
     if interactions_path is not None:
-        fresh = plan.read_interactions(interactions_path, requested, (pair.source, pair.target))
+        scale = read_meta(paths.INTERACTIONS).get("rating_scale") or {}
+        scales = {d: (s["min"], s["max"]) for d, s in scale.items() if s}  # what the models saw
+        fresh = plan.read_interactions(
+            interactions_path, requested, (pair.source, pair.target), scales
+        )
     todo = plan.plan(data, fitted.ctx, requested, fresh)
     scorer = fold_in(fitted, name, todo, params.train.base)
+    plan.require_someone(todo, str(users_path) if users_path else "the split's cold users")
     device = rank.resolve_device(sp.device) if sp.engine == "local" else None
     n, exclude = len(todo.user_ids), (todo.exclude_indptr, todo.exclude_items)
     # The part size shapes the files too: hashed with the settings, as when it was a param.

@@ -370,6 +370,31 @@ def test_a_truncated_interactions_file_for_scoring_names_the_file(scratch):
     one_line_error(*run_stage("score", args, scratch), str(fresh), "cannot be read")
 
 
+@pytest.mark.parametrize(
+    "rating, expected",
+    [
+        ("9", "9 is off the books rating scale of the training data, 1 to 5"),
+        ("five", "'five' is not a number"),
+    ],
+)
+def test_fresh_ratings_off_the_scale_or_not_numbers_name_file_line_and_field(
+    scratch, rating, expected
+):
+    inter = pl.read_parquet(scratch / "data/prepared/interactions.parquet")
+    rows = inter.filter(pl.col("domain") == "books").head(6).select("item_id", "domain", "rating")
+    fresh = rows.with_columns(user_id=pl.lit("NEW1"), rating=pl.col("rating").cast(pl.String))
+    fresh = fresh.with_columns(
+        rating=pl.when(pl.int_range(pl.len()) == 3).then(pl.lit(rating)).otherwise("rating")
+    )
+    fresh.write_csv(scratch / "fresh.csv")
+    (scratch / "users.txt").write_text("NEW1\n")
+    args = ["--users", "users.txt", "--interactions", "fresh.csv", "--out", "out", "--date", DATE]
+    line = one_line_error(
+        *run_stage("score", args, scratch), "fresh.csv:5: field 'rating'", expected
+    )
+    assert "(1 such row)" in line and not (scratch / "out").exists()
+
+
 def test_out_pointing_at_a_file_is_a_one_line_error(scratch):
     (scratch / "taken").write_text("not a directory")
     code, err = run_stage("score", ["--out", "taken"], scratch)
@@ -429,6 +454,9 @@ def test_a_new_user_whose_source_rows_have_no_rating_is_told_so(scratch):
     rows.write_csv(scratch / "fresh.csv")
     (scratch / "users.txt").write_text("NEW\n")
     args = ["--users", "users.txt", "--interactions", "fresh.csv", "--out", "out", "--date", DATE]
+    # The only user requested: nobody to score, so the run fails and says why.
+    one_line_error(*run_stage("score", args, scratch), "no_rated_source_items: 1")
+    (scratch / "users.txt").write_text(f"NEW\n{_cold(scratch, 1)[0]}\n")
     code, err = run_stage("score", args, scratch)
     assert code == 0, err
     assert _rejects(scratch) == {"NEW": "no_rated_source_items"}

@@ -344,11 +344,25 @@ def test_parts_rotate_between_chunks_and_an_empty_partition_still_reads(
     heights = [pl.read_parquet(part_dir / name).height for name in manifest["parts"]]
     assert heights[:-1] == [60] * (n_parts - 1)
     assert read_part(project, "parts").equals(read_part(project, "one-part"))
-    (tmp_path / "nobody.csv").write_text("user_id\nNOBODY\n")
-    empty = run(project, monkeypatch, out="empty", users_path=tmp_path / "nobody.csv")
-    assert empty["parts"] == ["part-00000.parquet"] and empty["counts"]["rows"] == 0
-    df = read_part(project, "empty")
-    assert df.height == 0 and df.columns == lists.SCHEMA.names
+
+
+def test_a_run_that_would_score_nobody_fails_and_keeps_the_partition(
+    project, monkeypatch, tmp_path
+):
+    first = run(project, monkeypatch, out="kept", method="popularity")
+    before = read_part(project, "kept")
+    for name, text, message in [
+        (
+            "nobody.csv",
+            "user_id\nNOBODY\n",
+            r"all 1 users of .*nobody.csv are rejected \(unknown_user: 1",
+        ),
+        ("none.csv", "user_id\n", r"nobody to score: .*none.csv holds no user id"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PipelineError, match=message):
+            run(project, monkeypatch, out="kept", method="popularity", users_path=tmp_path / name)
+    assert read_part(project, "kept").equals(before) and first["counts"]["rows"] == before.height
 
 
 def test_a_second_run_on_the_same_output_fails_at_once(project, monkeypatch):

@@ -87,6 +87,9 @@ def read_users(path: Path) -> list[str | None]:
             raise PipelineError(f"users file {path} does not exist")
         return [user for _, user in read_id_lines(path)]
     frame = _read_table(path, ["user_id"], "users file", USERS_FORMATS)
+    dtype = frame.collect_schema()["user_id"]
+    if dtype != pl.String:
+        log.warning("%s: user_id is %s, read as text (an id like 007 is already 7)", path, dtype)
     raw = pl.col("user_id").cast(pl.String)
     users = _collect(frame.select(raw, trimmed=raw.str.strip_chars()), path, "users file")
     changed = int((users["user_id"] != users["trimmed"]).sum())
@@ -96,20 +99,70 @@ def read_users(path: Path) -> list[str | None]:
 
 
 def read_interactions(
-    path: Path, users: Sequence[str | None], domains: Sequence[str]
+    path: Path,
+    users: Sequence[str | None],
+    domains: Sequence[str],
+    scales: dict[str, tuple[float, float]] | None = None,
 ) -> pl.DataFrame:
-    """(user_id, item_id, domain, rating) rows of ``users`` in ``domains`` from a Parquet/CSV."""
+    """(user_id, item_id, domain, rating) rows of ``users`` in ``domains`` from a Parquet/CSV.
+
+    A rating (where given) must be a number within its domain's ``scales`` entry, the rating
+    scale of the data the models were trained on: a rating off that scale would move the lists
+    without a word, so it fails the run, naming the file, row and value."""
+    path = Path(path)
     users = sorted({u for u in users if u})
     frame = _read_table(path, ["user_id", "item_id", "domain"], "interactions")
     if "rating" not in frame.collect_schema().names():
         frame = frame.with_columns(rating=pl.lit(None, pl.Float32))
-    query = frame.select(
-        pl.col("user_id").cast(pl.String).str.strip_chars(),
-        pl.col("item_id").cast(pl.String),
-        pl.col("domain").cast(pl.String),
-        pl.col("rating").cast(pl.Float32),
-    ).filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
-    return _collect(query, path, "interactions")
+    first = 2 if path.suffix.lower() == ".csv" else 1  # a CSV's line (header: 1), else the row
+    query = (
+        frame.with_row_index("row", offset=first)
+        .select(
+            "row",
+            pl.col("user_id").cast(pl.String).str.strip_chars(),
+            pl.col("item_id").cast(pl.String),
+            pl.col("domain").cast(pl.String),
+            pl.col("rating").cast(pl.String).str.strip_chars().alias("given"),
+            pl.col("rating").cast(pl.Float32, strict=False),
+        )
+        .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
+    )
+    rows = _collect(query, path, "interactions")
+    _check_ratings(rows, path, scales or {})
+    return rows.drop("row", "given")
+
+
+def _where(bad: pl.DataFrame, where: str) -> str:
+    n, first = bad.height, ", ".join(map(str, bad["row"][:5])) + ("..." if bad.height > 5 else "")
+    return (
+        " (1 such row)" if n == 1 else f" ({n} such rows of the requested users: {where}s {first})"
+    )
+
+
+def _check_ratings(rows: pl.DataFrame, path: Path, scales: dict[str, tuple[float, float]]) -> None:
+    where = "line" if path.suffix.lower() == ".csv" else "row"
+    given = pl.col("given").is_not_null() & (pl.col("given") != "")
+    bad = rows.filter(given & pl.col("rating").is_null())
+    if bad.height:
+        first = bad.row(0, named=True)
+        raise InputError(
+            f"{first['given']!r} is not a number{_where(bad, where)}",
+            path=path,
+            line=first["row"],
+            field="rating",
+        )
+    for domain, (low, high) in scales.items():
+        mine = rows.filter((pl.col("domain") == domain) & pl.col("rating").is_not_null())
+        off = mine.filter(~pl.col("rating").is_between(low, high) | pl.col("rating").is_nan())
+        if off.height:
+            first = off.row(0, named=True)
+            raise InputError(
+                f"{first['rating']:g} is off the {domain} rating scale of the training data, "
+                f"{low:g} to {high:g}{_where(off, where)}",
+                path=path,
+                line=first["row"],
+                field="rating",
+            )
 
 
 @dataclass
@@ -154,6 +207,22 @@ def _index(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_ids, ids)
     pos = np.minimum(pos, len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def require_someone(todo: Plan, what: str) -> None:
+    """A run that would score nobody fails before it writes (the date's previous partition
+    stays): an empty users file, or one whose every user is rejected, is a broken input, and a
+    scheduler should hear of it rather than publish empty lists."""
+    if len(todo.user_ids):
+        return
+    if not todo.counts.get("users_in"):
+        raise PipelineError(f"nobody to score: {what} holds no user id")
+    reasons = Counter(reason for _, reason in todo.rejects).most_common()
+    raise PipelineError(
+        f"nobody to score: all {todo.counts['users_in']} users of {what} are rejected "
+        f"({', '.join(f'{r}: {n}' for r, n in reasons)}; see pipeline.recs.plan.REASONS); "
+        "nothing was written"
+    )
 
 
 def plan(
