@@ -64,6 +64,7 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
     else:
         dl = params.download
         planned = raw_files.plan(params, raw_dir)
+        record(False, planned)  # until the last file: prepare refuses what a failed run left
         for i, raw in enumerate(planned):
             prev = old.get(str(raw.path))
             if raw_files.is_remote(raw.url) and raw_files.finished(raw, prev):

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import download, prepare
 from pipeline.config import load_params
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 from pipeline.io import read_meta
 from pipeline.schemas import INTERACTIONS, ITEMS, USERS, polars_schema
 from tests.conftest import amazon_params, write_params
@@ -169,3 +169,39 @@ def test_implicit_feedback_has_no_rating_scale(workdir, tmp_path):
     assert stats["domains"]["books"]["rating_min"] is None
     assert stats["domains"]["movies"]["rating_max"] is None
     assert stats["domains"]["movies"]["explicit"] is False
+
+
+def _recbole_params(workdir, files: dict) -> object:
+    write_params(
+        workdir / "params.yaml",
+        dataset={
+            "name": "local",
+            "format": "recbole",
+            "domains": {d: {"inter": str(path)} for d, path in files.items()},
+        },
+    )
+    return load_params(workdir / "params.yaml")
+
+
+def test_errors_name_the_given_file_and_a_failed_download_is_never_prepared(workdir, tmp_path):
+    files = {}
+    for domain, rows in (("books", ["u1\tb1\t4", "u2\tb1\t5"]), ("movies", ["u1\tm1\t3"])):
+        files[domain] = tmp_path / f"{domain}.inter"
+        files[domain].write_text("\n".join(["user_id\titem_id\trating", *rows]) + "\n")
+    download.download(_recbole_params(workdir, files))
+    prepare.prepare(_recbole_params(workdir, files))
+
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id\titem_id\trating\n" + "".join(f"u{i}\tb1\tfive\n" for i in range(3)))
+    params = _recbole_params(workdir, {**files, "books": bad})
+    download.download(params)
+    with pytest.raises(InputError, match=rf"reviews.inter: 3 of 3 .* is a copy of {bad}\)\n"):
+        prepare.prepare(params)
+
+    # A download that fails on its first file leaves a manifest prepare refuses: the tables
+    # are never rebuilt from the previous run's files under the new params.
+    params = _recbole_params(workdir, {**files, "books": tmp_path / "nope.inter"})
+    with pytest.raises(PipelineError):
+        download.download(params)
+    with pytest.raises(InputError, match="a download that did not finish"):
+        prepare.prepare(params)

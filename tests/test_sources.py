@@ -81,6 +81,31 @@ def test_recbole_without_rating_is_implicit(tmp_path):
     assert [r["rating"] for r in rows] == [None, None]
 
 
+def test_recbole_without_rating_says_it_reads_implicit_feedback(tmp_path, caplog):
+    path = tmp_path / "typo.inter"
+    path.write_text("user_id:token\titem_id:token\tratng:float\nu1\ti1\t5\n")
+    with caplog.at_level("WARNING"):
+        rows = table(read_interactions("recbole", path, DamageLog("t"))).to_pylist()
+    assert rows[0]["rating"] is None
+    assert "typo.inter: no rating column" in caplog.text and "'ratng'" in caplog.text
+
+
+def test_recbole_byte_order_mark_repeated_column_and_cut_last_line(tmp_path):
+    bom = tmp_path / "bom.inter"
+    bom.write_bytes("\ufeffuser_id:token\titem_id:token\trating:float\nu1\ti1\t4\n".encode())
+    assert table(read_interactions("recbole", bom, DamageLog("b"))).to_pylist()[0]["rating"] == 4
+    twice = tmp_path / "twice.inter"
+    twice.write_text("user_id\titem_id\trating\trating\nu1\ti1\t4\t5\n")
+    with pytest.raises(InputError, match=r"twice.inter:1: the header repeats .*\['rating'\]"):
+        list(read_interactions("recbole", twice, DamageLog("t")))
+    cut = tmp_path / "cut.inter"
+    cut.write_text("user_id\titem_id\trating\ttimestamp\nu1\ti1\t4\t1400000000\nu2\ti2\t4.")
+    damage = DamageLog(str(cut))
+    rows = table(read_interactions("recbole", cut, damage)).to_pylist()
+    assert [r["user_id"] for r in rows] == ["u1"]
+    assert damage.reasons["bad_row"] == 1 and "cut.inter:3: truncated" in damage.examples[0]
+
+
 def test_recbole_item_file(tmp_path):
     path = tmp_path / "x.item"
     path.write_text(

@@ -8,6 +8,7 @@ timestamp. Columns are found by name, so their order does not matter.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.sources.lines import (
     timestamp_value,
 )
 
+log = logging.getLogger("prepare")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 # Accepted spellings of the columns the pipeline needs, in order of preference.
@@ -41,7 +43,11 @@ def _header(path: Path, damage: DamageLog) -> tuple[Iterator[tuple[int, str]], d
         _, first = next(lines)
     except StopIteration:
         raise InputError("file is empty (no header line)", path=path, line=1) from None
+    first = first.removeprefix("\ufeff")  # a byte-order mark (Excel, Windows exports)
     names = [name.split(":", 1)[0].strip().lower() for name in first.rstrip("\r\n").split("\t")]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"the header repeats the column(s) {repeated}", path=path, line=1)
     return lines, {name: i for i, name in enumerate(names)}
 
 
@@ -52,6 +58,10 @@ def _find(columns: dict[str, int], candidates: tuple[str, ...]) -> int | None:
 def _rows(lines: Iterator[tuple[int, str]], width: int, damage: DamageLog):
     for number, text in lines:
         fields = text.rstrip("\r\n").split("\t")
+        if len(fields) < width and not text.endswith("\n"):
+            # The file's last line, cut short: what it lacks is lost, not empty.
+            damage.skip(number, None, f"truncated: {len(fields)} fields of {width}", "bad_row")
+            continue
         if len(fields) < width:
             # Trailing empty fields are sometimes trimmed; pad them back.
             fields += [""] * (width - len(fields))
@@ -70,6 +80,13 @@ def read_inter(path: str | Path, damage: DamageLog) -> Iterator[pa.RecordBatch]:
             f"header needs user_id and item_id columns, found {sorted(columns)}", path=path, line=1
         )
     rating, when = _find(columns, RATING_COLUMNS), _find(columns, TIME_COLUMNS)
+    if rating is None:  # implicit feedback, or a misspelt column: say which
+        log.warning(
+            "%s: no rating column (%s) in the header %s: read as implicit feedback",
+            path,
+            " / ".join(RATING_COLUMNS),
+            sorted(columns, key=columns.get),
+        )
     rating_name = next((c for c in RATING_COLUMNS if c in columns), "rating")
 
     def extract(fields: list[str]) -> tuple:

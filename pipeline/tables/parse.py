@@ -25,6 +25,17 @@ def parse_file(
 ) -> Path:
     """Parse one raw file (a manifest entry) into a cached Parquet part, or reuse it; check
     its damage."""
+    try:
+        return _parse_file(fmt, entry, max_bad_fraction, cache_dir)
+    except InputError as exc:  # name the file the user gave, not only the copy read here
+        url = str(entry.get("url") or "")
+        if not url or url.startswith("synthetic:"):
+            raise
+        head, sep, rest = str(exc).partition("\n")
+        raise InputError(f"{head} ({entry['path']} is a copy of {url}){sep}{rest}") from None
+
+
+def _parse_file(fmt: str, entry: dict, max_bad_fraction: float, cache_dir: Path) -> Path:
     kind, source = entry["kind"], entry["path"]
     key = stable_hash([fmt, kind, entry["sha256"], PARSER_VERSION])
     part = cache_dir / f"{entry['domain']}-{kind}-{key}.parquet"
