@@ -159,3 +159,16 @@ def test_a_set_override_of_a_param_the_stage_does_not_read_is_refused():
     args.set = ["images.enabled=false", "item_features.clip.model=RN50"]
     params = cli.params_from(args, "item_features", ("images.enabled", "item_features"))
     assert params.item_features.clip.model == "RN50" and not params.images.enabled
+
+
+def test_an_empty_params_file_and_a_set_into_a_value_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ParamsError, match=r"empty.yaml: empty \(no sections\)"):
+        load_params(empty)
+    with pytest.raises(ParamsError, match=r"split\.seed\.x: split\.seed is 2024 in the file"):
+        load_params(ROOT / "params.yaml", {"split.seed.x": 3})
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match=r"list.yaml: expected one mapping of sections, got list"):
+        load_params(listed, {"split.seed": 3})

@@ -181,13 +181,17 @@ def load_params(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:  # an empty file is an accident, not "every default"
+        raise ParamsError(f"{path}: empty (no sections); expected the sections of params.yaml")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected one mapping of sections, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        _set_dotted(raw, dotted, value, str(path))
     return _validate(raw, str(path), reads, stage)
 
 
@@ -246,11 +250,17 @@ def _check_across(sections: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str = "params.yaml") -> None:
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], start=1):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            where = ".".join(keys[:depth])
+            raise ParamsError(
+                f"{source}: {dotted}: {where} is {node!r} in the file, not a section, so it has "
+                f"no key '{keys[depth]}'"
+            )
     node[keys[-1]] = value
 
 
