@@ -38,6 +38,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIR = {"books": "Books", "movies": "Movies_and_TV"}
 
 
+def stage_reads(name: str, keys: list[str]) -> list[str]:
+    """Those of ``keys`` the stage ``name`` reads (a stage refuses a -S of anything else),
+    asked of a child process: importing the stage here would grow this process, whose peak
+    RSS every child starts with."""
+    code = (
+        f"import json, sys; from pipeline import cli; from pipeline.{name} import PARAMS; "
+        "print(json.dumps([k for k in json.loads(sys.argv[1]) if cli.reads_key(PARAMS, k)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(keys)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return json.loads(out.stdout)
+
+
 def run(cmd: list[str], cwd: Path, limit_gb: float | None = None) -> dict:
     """Run ``cmd``; its wall seconds, peak RSS (GB: ``ru_maxrss`` from wait4, which also counts
     this process's RSS when it forked, kept small on purpose), exit code, and whether it was
@@ -103,11 +122,25 @@ def one_size(
     files = truth["categories"]
     lines = sum(c["review_lines"] + c["meta_records"] for c in files.values())
     gz_bytes = sum(c["reviews_bytes"] + c["meta_bytes"] for c in files.values())
-    overrides = [
-        "-S", "dataset.format=amazon2023", "-S", f"dataset.name=amazon-like-{rows}",
-        "-S", f"download.base_url={mirror.as_uri()}",
-    ]  # fmt: skip
-    stage = [sys.executable, "-m", "pipeline.{}", "--params", str(ROOT / "params.yaml"), *overrides]
+    overrides = {
+        "dataset.format": "amazon2023",
+        "dataset.name": f"amazon-like-{rows}",
+        "download.base_url": mirror.as_uri(),
+    }
+
+    def stage(name: str) -> list[str]:  # each stage is given the overrides of what it reads
+        sets = [
+            a for k in stage_reads(name, list(overrides)) for a in ("-S", f"{k}={overrides[k]}")
+        ]
+        return [
+            sys.executable,
+            "-m",
+            f"pipeline.{name}",
+            "--params",
+            str(ROOT / "params.yaml"),
+            *sets,
+        ]
+
     out = {"rows": rows, "generated_s": generated_s, "gz_mb": round(gz_bytes / 2**20), "stages": {}}
     for name in ("download", "prepare", "split"):
         runs = []
@@ -115,7 +148,7 @@ def one_size(
             print(f"   {name}", file=sys.stderr, flush=True)
             # Every prepare parses from scratch: a repeat must not reuse the parse cache.
             shutil.rmtree(stage_dir / "data/cache/parsed", ignore_errors=True)
-            runs.append(run([stage[0], stage[1], stage[2].format(name), *stage[3:]], stage_dir))
+            runs.append(run(stage(name), stage_dir))
         out["stages"][name] = runs[0]
         if repeat > 1 and name != "download":
             # The peak of one run moves with the allocators' timing: report every run's, and

@@ -38,7 +38,7 @@ def params_from(args: argparse.Namespace, stage: str, reads: Sequence[str]) -> P
         if not sep:
             raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
         key = key.strip()
-        if not any(_within(key, read) or _within(read, key) for read in reads):
+        if not reads_key(reads, key):
             raise PipelineError(
                 f"--set {key}: stage {stage} does not read it (it reads {', '.join(reads)})"
             )
@@ -46,8 +46,13 @@ def params_from(args: argparse.Namespace, stage: str, reads: Sequence[str]) -> P
     return load_params(args.params, overrides, reads, stage)
 
 
-def _within(key: str, prefix: str) -> bool:
-    return key == prefix or key.startswith(prefix + ".")
+def reads_key(reads: Sequence[str], key: str) -> bool:
+    """Whether a stage whose ``PARAMS`` are ``reads`` reads the dotted ``key`` (or under it)."""
+
+    def within(key: str, prefix: str) -> bool:
+        return key == prefix or key.startswith(prefix + ".")
+
+    return any(within(key, read) or within(read, key) for read in reads)
 
 
 def setup_logging() -> None:
