@@ -56,19 +56,26 @@ def _find(columns: dict[str, int], candidates: tuple[str, ...]) -> int | None:
 
 
 def _rows(lines: Iterator[tuple[int, str]], width: int, damage: DamageLog):
+    padded, first = 0, None
     for number, text in lines:
         fields = text.rstrip("\r\n").split("\t")
-        if len(fields) < width and not text.endswith("\n"):
-            # The file's last line, cut short: what it lacks is lost, not empty.
-            damage.skip(number, None, f"truncated: {len(fields)} fields of {width}", "bad_row")
-            continue
         if len(fields) < width:
-            # Trailing empty fields are sometimes trimmed; pad them back.
+            # Trailing empty fields are sometimes trimmed; pad them back, and say so (a line cut
+            # short reads the same way).
             fields += [""] * (width - len(fields))
+            padded, first = padded + 1, first or number
         elif len(fields) > width:
             damage.skip(number, None, f"{len(fields)} fields, header has {width}", "bad_row")
             continue
         yield number, fields
+    if padded:
+        log.warning(
+            "%s: %d line(s) had fewer fields than the header; the missing trailing fields were "
+            "read as empty (first: line %d)",
+            damage.path,
+            padded,
+            first,
+        )
 
 
 def read_inter(path: str | Path, damage: DamageLog) -> Iterator[pa.RecordBatch]:
