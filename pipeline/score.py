@@ -13,8 +13,8 @@ hidden, so the stage's lists are the rankings ``evaluate`` measured. The models 
 ``data/models/`` with the data they were fitted on (interactions and roles name the users and
 items the models index).
 
-Output ``OUT/dt=DATE/`` (``data/scores/``, the DVC output, for the stage; a ``--users`` run
-must name its ``--out``), date from ``--date``, else ``score.date`` for the stage and today in
+Output ``OUT/dt=DATE/`` (``data/scores/``, the DVC output, for the stage; a run with
+``--users``, ``--interactions`` or ``--models`` must name its ``--out``), date from ``--date``, else ``score.date`` for the stage and today in
 UTC for a ``--users`` run (``score.date`` pins the stage's partition only), replaced atomically, one run at a time whatever the date (a second run
 on the same ``OUT`` fails at once), a killed run of the local engine resumed after its last
 finished part by the next run of that date (:mod:`pipeline.recs.partition`):
@@ -70,10 +70,13 @@ def score(
     """Score users into ``out/dt=date/``; returns the manifest."""
     start = time.perf_counter()
     sp, pair = params.score, params.pair
-    if users_path is not None and out is None:
+    given = {"--users": users_path, "--interactions": interactions_path}
+    given["--models"] = model_dir if Path(model_dir) != paths.MODELS else None
+    standalone = [flag for flag, value in given.items() if value is not None]
+    if standalone and out is None:
         raise PipelineError(
-            f"--out: required with --users (the default, {SCORES}, is the score stage's DVC "
-            "output, which dvc repro and dvc checkout replace)"
+            f"--out: required with {' and '.join(standalone)} (the default, {SCORES}, is the "
+            "score stage's DVC output, which dvc repro and dvc checkout replace)"
         )
     out = Path(out) if out is not None else SCORES
     try:
@@ -165,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fresh = "fresh interactions, Parquet/CSV (default: the training data, held-out rows hidden)"
     p.add_argument("--interactions", type=Path, help=fresh)
     p.add_argument(
-        "--out", type=Path, help=f"output directory (default: {SCORES}; required with --users)"
+        "--out",
+        type=Path,
+        help=f"output directory (default: {SCORES}; required with --users, --interactions, --models)",
     )
     p.add_argument(
         "--date",

@@ -388,6 +388,9 @@ def test_a_users_file_run_names_its_out_and_is_dated_today(project, monkeypatch,
     monkeypatch.chdir(project)
     with pytest.raises(PipelineError, match=r"--out: required with --users"):
         score_mod.score(params(), users_path=tmp_path / "users.csv", progress=False)
+    fresh = project / "data/prepared/interactions.parquet"
+    with pytest.raises(PipelineError, match=r"--out: required with --interactions"):
+        score_mod.score(params(), interactions_path=fresh, progress=False)
     assert params().score.date  # the stage's pinned partition date, not a scheduled run's
 
     def today() -> str:

@@ -123,8 +123,8 @@ def read_interactions(
             pl.col("item_id").cast(pl.String),
             pl.col("domain").cast(pl.String),
             pl.col("rating").cast(pl.String).str.strip_chars().alias("given"),
-            pl.col("rating").cast(pl.Float32, strict=False),
         )
+        .with_columns(rating=pl.col("given").cast(pl.Float32, strict=False))
         .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
     )
     rows = _collect(query, path, "interactions")
