@@ -48,6 +48,7 @@ def train(params: Params) -> harness.Fitted:
         "target": pair.target,
         "seed": tp.seed,
         "params_hash": store.params_hash(tp),
+        "train_params": tp.model_dump(mode="json"),  # to name what changed, at load
     }
     store.save(fitted, paths.MODELS, meta)
     write_json(store.timings(fitted), paths.TRAIN_TIMES)

@@ -308,6 +308,7 @@ def test_no_method_to_train_is_refused_at_stage_start(scratch):
 def test_models_trained_with_other_train_params_are_not_scored_silently(scratch):
     code, err = run_stage("score", ["-S", "train.emcdr.epochs=21"], scratch)
     one_line_error(code, err, "trained with other `train` params", "dvc repro train")
+    assert "train.emcdr.epochs: 20 then, 21 now" in err
     assert not (scratch / "data/scores").exists()
 
 

@@ -176,6 +176,23 @@ def params_hash(train: TrainParams) -> str:
     return stable_hash(train.model_dump())
 
 
+def _flat(tree: Any, prefix: str = "train") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+
+
+def _changed_params(manifest: dict, train: TrainParams) -> str:
+    """The train params that differ from the ones the models were trained with, for the error."""
+    old = manifest.get("train_params")
+    if old is None:
+        return "params.yaml or -S changed since"
+    then, now = _flat(old), _flat(json.loads(json.dumps(train.model_dump())))
+    keys = sorted(k for k in then.keys() | now.keys() if then.get(k, "-") != now.get(k, "-"))
+    shown = [f"{k}: {then.get(k, '(none)')!r} then, {now.get(k, '(none)')!r} now" for k in keys]
+    return "; ".join(shown[:5]) + (f"; {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
 def load(
     model_dir: Path, data: CDRData, train: TrainParams, extra: dict[str, Any] | None = None
 ) -> Fitted:
@@ -190,8 +207,8 @@ def load(
     if trained_with is not None and trained_with != params_hash(train):
         raise PipelineError(
             f"{model_dir / MANIFEST}: the models were trained with other `train` params than "
-            f"the ones given now (params.yaml or -S changed since): {RETRAIN}, or score with "
-            "the params they were trained with"
+            f"the ones given now ({_changed_params(manifest, train)}): {RETRAIN}, or use the "
+            "params they were trained with"
         )
     verify(model_dir, manifest)
     try:
