@@ -52,6 +52,7 @@ def download(params: Params, raw_dir: Path = paths.RAW) -> dict:
         log.info(
             "generating the embedded synthetic sample (%s) into %s", " + ".join(domains), raw_dir
         )
+        record(False)  # until generated: prepare refuses what a killed run left
         synthetic.generate(raw_dir, domains, **s.model_dump())
         for domain in domains:
             for kind, name in (("reviews", "reviews.jsonl.gz"), ("meta", "meta.jsonl.gz")):

@@ -3,9 +3,10 @@
 Test metrics of the selected models (``metrics/cold_start.json``, one entry per method:
 ``mae``, ``rmse``, ``ndcg@10``, ``hit@10``, ``recall@10``, ``mrr@10`` and the same at 20),
 the validation metrics they were selected on (``metrics/cold_start_valid.json``), and DVC
-plot data (no timings in any of them, so a retrain with the same seed shows no difference in
-``dvc metrics diff``: training seconds are in ``metrics/train.json``, scoring seconds in the log): ``plots/methods.csv`` (metric by method) and ``plots/sampling_steps.csv`` (the
-generator's metrics by number of sampling steps, on validation users).
+plot data: ``plots/methods.csv`` (metric by method) and ``plots/sampling_steps.csv`` (the
+generator's metrics by number of sampling steps, on validation users). None of them holds a
+timing, so a retrain with the same seed leaves them as they were (training seconds are in
+``metrics/train.json``, scoring seconds in the log).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pipeline import cli, paths
 from pipeline.cdr import harness
 from pipeline.config import Params
-from pipeline.io import read_json, write_json, write_text
+from pipeline.io import write_json, write_text
 from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
@@ -54,8 +55,6 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 
 def evaluate(params: Params) -> dict:
     data, fitted = trained.load(params)
-    if paths.TRAIN_TIMES.exists():  # not in the model files: same weights, same bytes
-        fitted.train_seconds.update(read_json(paths.TRAIN_TIMES)["train_seconds"])
     test = harness.evaluate(fitted, "test")
     valid = harness.evaluate(fitted, "valid")
     write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)
