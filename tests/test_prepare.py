@@ -148,30 +148,7 @@ def test_rating_scale_of_each_domain_from_its_raw_records(workdir, mirror):
     assert json.loads((workdir / "metrics/data_stats.json").read_text()) == stats
 
 
-def test_implicit_feedback_has_no_rating_scale(workdir, tmp_path):
-    files = {}
-    for domain, rows in (("books", ["u1\tb1", "u2\tb1"]), ("movies", ["u1\tm1", "u3\tm1"])):
-        files[domain] = tmp_path / f"{domain}.inter"
-        files[domain].write_text("\n".join(["user_id:token\titem_id:token", *rows]) + "\n")
-    write_params(
-        workdir / "params.yaml",
-        dataset={
-            "name": "implicit",
-            "format": "recbole",
-            "domains": {d: {"inter": str(path)} for d, path in files.items()},
-        },
-    )
-    params = load_params(workdir / "params.yaml")
-    download.download(params)
-    stats = prepare.prepare(params)
-    meta = read_meta(workdir / "data/prepared/interactions.parquet")
-    assert meta["rating_scale"] == {"books": None, "movies": None}
-    assert stats["domains"]["books"]["rating_min"] is None
-    assert stats["domains"]["movies"]["rating_max"] is None
-    assert stats["domains"]["movies"]["explicit"] is False
-
-
-def _recbole_params(workdir, files: dict) -> object:
+def _recbole_params(workdir, files: dict):
     write_params(
         workdir / "params.yaml",
         dataset={
@@ -181,6 +158,21 @@ def _recbole_params(workdir, files: dict) -> object:
         },
     )
     return load_params(workdir / "params.yaml")
+
+
+def test_implicit_feedback_has_no_rating_scale(workdir, tmp_path):
+    files = {}
+    for domain, rows in (("books", ["u1\tb1", "u2\tb1"]), ("movies", ["u1\tm1", "u3\tm1"])):
+        files[domain] = tmp_path / f"{domain}.inter"
+        files[domain].write_text("\n".join(["user_id:token\titem_id:token", *rows]) + "\n")
+    params = _recbole_params(workdir, files)
+    download.download(params)
+    stats = prepare.prepare(params)
+    meta = read_meta(workdir / "data/prepared/interactions.parquet")
+    assert meta["rating_scale"] == {"books": None, "movies": None}
+    assert stats["domains"]["books"]["rating_min"] is None
+    assert stats["domains"]["movies"]["rating_max"] is None
+    assert stats["domains"]["movies"]["explicit"] is False
 
 
 def test_errors_name_the_given_file_and_a_failed_download_is_never_prepared(workdir, tmp_path):
