@@ -362,7 +362,7 @@ def test_stage_writes_every_part_then_reuses_it(sample_with_images, caplog):
         "with_image": n_items - 3,
         "with_caption": n_items - 3,
     }
-    assert stats["encoded"] == n_items - 1 and stats["reused"] == 1  # EMPTY1 has nothing to encode
+    assert (stats["encoded"], stats["reused"], stats["nothing_to_encode"]) == (n_items - 1, 0, 1)
     assert (
         stats["parts"]["image"]["computed"] == stats["parts"]["caption"]["computed"] == n_items - 3
     )
@@ -374,7 +374,7 @@ def test_stage_writes_every_part_then_reuses_it(sample_with_images, caplog):
     # Second run, nothing changed: nothing is encoded and the store is the same bytes.
     before = STORE.read_bytes()
     again = stage.item_features(params)
-    assert again["encoded"] == 0 and again["reused"] == n_items
+    assert again["encoded"] == 0 and again["reused"] == n_items - 1  # EMPTY1: nothing
     assert all(again["parts"][p]["computed"] == 0 for p in ("text", "image", "caption"))
     assert STORE.read_bytes() == before
 
@@ -388,7 +388,7 @@ def test_stage_writes_every_part_then_reuses_it(sample_with_images, caplog):
     )
     write_parquet(items.to_arrow(), ITEMS_PATH, schema=ITEMS)
     third = stage.item_features(params)
-    assert third["encoded"] == 1 and third["reused"] == n_items - 1
+    assert third["encoded"] == 1 and third["reused"] == n_items - 2
     assert third["parts"]["text"]["computed"] == 1
     assert third["parts"]["image"]["computed"] == third["parts"]["caption"]["computed"] == 0
     after = pl.read_parquet(STORE)

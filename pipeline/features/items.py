@@ -294,6 +294,9 @@ class _Pictures:
 
 def _counts(work: Work, parts: dict[str, Part], encoders: Encoders) -> dict:
     n_fresh = int(work.fresh.sum())
+    has_any = np.zeros(work.n, dtype=bool)  # an item with no text, picture or caption: zeros
+    for part in parts.values():
+        has_any |= np.asarray(part.has, dtype=bool)
 
     def missing(name: str) -> int | None:
         return int((~parts[name].has).sum()) if name in parts else None
@@ -301,7 +304,8 @@ def _counts(work: Work, parts: dict[str, Part], encoders: Encoders) -> dict:
     return {
         "items": work.n,
         "encoded": n_fresh,
-        "reused": work.n - n_fresh,
+        "reused": int((~work.fresh & has_any).sum()),  # vectors from the previous store
+        "nothing_to_encode": int((~has_any).sum()),
         "missing_text": missing("text"),
         "missing_image": missing("image"),
         "missing_caption": missing("caption"),
@@ -421,12 +425,14 @@ def log_summary(stats: dict, out_path: Path) -> None:
     """The run's counts in one log line."""
     parts = stats["parts"]
     log.info(
-        "item features: %d items -> %s: %d encoded, %d reused (text %d computed / %d reused, "
+        "item features: %d items -> %s: %d encoded, %d reused, %d with nothing to encode "
+        "(text %d computed / %d reused, "
         "images %d / %d, captions %d / %d); %d without text, %s without picture; %.1f s",
         stats["items"],
         out_path,
         stats["encoded"],
         stats["reused"],
+        stats["nothing_to_encode"],
         parts["text"]["computed"],
         parts["text"]["reused"],
         parts["image"]["computed"],
