@@ -125,6 +125,7 @@ def test_recbole_item_file(tmp_path):
     ("line", "kind", "where"),
     [
         (b'{"user_id": "U1", "parent_asin": "B1", "rating": 5.0', "bad_json", ":2: malformed JSON"),
+        (b'{"user_id": "U1", "parent_asin": "B1', "bad_json", ":2: malformed JSON (Unterminated"),
         (
             review2023("U1", "B1", 7.0).encode(),
             "bad_rating",

@@ -79,7 +79,7 @@ def json_records(
     where ``literal_ok`` (the 2014 metadata files); the others are skipped into ``damage``."""
     for number, text in lines:
         try:
-            record = json.loads(text)
+            record = json.loads(text.rstrip("\r\n"))  # a cut line: "Unterminated string"
         except json.JSONDecodeError as exc:
             record = _literal(text) if literal_ok else None
             if record is None:
