@@ -143,12 +143,12 @@ def one_size(
 
     out = {"rows": rows, "generated_s": generated_s, "gz_mb": round(gz_bytes / 2**20), "stages": {}}
     for name in ("download", "prepare", "split"):
-        runs = []
+        runs, cmd = [], stage(name)
         for _ in range(1 if name == "download" else repeat):
             print(f"   {name}", file=sys.stderr, flush=True)
             # Every prepare parses from scratch: a repeat must not reuse the parse cache.
             shutil.rmtree(stage_dir / "data/cache/parsed", ignore_errors=True)
-            runs.append(run(stage(name), stage_dir))
+            runs.append(run(cmd, stage_dir))
         out["stages"][name] = runs[0]
         if repeat > 1 and name != "download":
             # The peak of one run moves with the allocators' timing: report every run's, and

@@ -14,9 +14,10 @@ hidden, so the stage's lists are the rankings ``evaluate`` measured. The models 
 items the models index).
 
 Output ``OUT/dt=DATE/`` (``data/scores/``, the DVC output, for the stage; a run with
-``--users``, ``--interactions`` or ``--models`` must name its ``--out``), date from ``--date``, else ``score.date`` for the stage and today in
-UTC for a ``--users`` run (``score.date`` pins the stage's partition only), replaced atomically, one run at a time whatever the date (a second run
-on the same ``OUT`` fails at once), a killed run of the local engine resumed after its last
+``--users``, ``--interactions`` or ``--models`` must name its ``--out``), date from
+``--date``, else ``score.date`` for the stage and today in UTC for a ``--users`` run
+(``score.date`` pins the stage's partition only), replaced atomically, one run at a time
+whatever the date (a second run on the same ``OUT`` fails at once), a killed run of the local engine resumed after its last
 finished part by the next run of that date (:mod:`pipeline.recs.partition`):
 ``part-NNNNN.parquet`` (:data:`pipeline.recs.lists.SCHEMA`, one row per user and rank, sorted
 by user id then rank, without the items the user already has; equal scores by item id, so the

@@ -187,7 +187,7 @@ def _changed_params(manifest: dict, train: TrainParams) -> str:
     old = manifest.get("train_params")
     if old is None:
         return "params.yaml or -S changed since"
-    then, now = _flat(old), _flat(json.loads(json.dumps(train.model_dump())))
+    then, now = _flat(old), _flat(train.model_dump(mode="json"))  # as train.py stores them
     keys = sorted(k for k in then.keys() | now.keys() if then.get(k, "-") != now.get(k, "-"))
     shown = [f"{k}: {then.get(k, '(none)')!r} then, {now.get(k, '(none)')!r} now" for k in keys]
     return "; ".join(shown[:5]) + (f"; {len(keys) - 5} more" if len(keys) > 5 else "")

@@ -201,8 +201,6 @@ def _validate(
     reads: Sequence[str] | None = None,
     stage: str | None = None,
 ) -> Params:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected one mapping of sections, got {type(raw).__name__}")
     problems = [
         f"{source}: {name}: unknown section{_did_you_mean(name, SECTIONS)}"
         for name in raw

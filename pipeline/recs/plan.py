@@ -114,9 +114,9 @@ def read_interactions(
     frame = _read_table(path, ["user_id", "item_id", "domain"], "interactions")
     if "rating" not in frame.collect_schema().names():
         frame = frame.with_columns(rating=pl.lit(None, pl.Float32))
-    first = 2 if path.suffix.lower() == ".csv" else 1  # a CSV's line (header: 1), else the row
+    csv = path.suffix.lower() == ".csv"
     query = (
-        frame.with_row_index("row", offset=first)
+        frame.with_row_index("row", offset=2 if csv else 1)  # a CSV's line (header: 1), or row
         .select(
             "row",
             pl.col("user_id").cast(pl.String).str.strip_chars(),
@@ -128,7 +128,7 @@ def read_interactions(
         .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
     )
     rows = _collect(query, path, "interactions")
-    _check_ratings(rows, path, scales or {})
+    _check_ratings(rows, path, scales or {}, "line" if csv else "row")
     return rows.drop("row", "given")
 
 
@@ -139,8 +139,9 @@ def _where(bad: pl.DataFrame, where: str) -> str:
     )
 
 
-def _check_ratings(rows: pl.DataFrame, path: Path, scales: dict[str, tuple[float, float]]) -> None:
-    where = "line" if path.suffix.lower() == ".csv" else "row"
+def _check_ratings(
+    rows: pl.DataFrame, path: Path, scales: dict[str, tuple[float, float]], where: str
+) -> None:
     given = pl.col("given").is_not_null() & (pl.col("given") != "")
     bad = rows.filter(given & pl.col("rating").is_null())
     if bad.height:
