@@ -20,7 +20,6 @@ Prints a markdown table with the ratio ray / local; the outputs of both engines 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ import polars as pl
 import torch
 import yaml
 
-from pipeline import download, prepare, split, train
+from pipeline import download, paths, prepare, split, train
 from pipeline import item_features as item_stage
 from pipeline import score as score_stage
 from pipeline.config import load_params
@@ -53,8 +52,11 @@ def build(items: int, users: int, with_models: bool) -> None:
         name = stage.__name__.rpartition(".")[2]
         getattr(stage, name)(load_params("params.yaml", None, stage.PARAMS, name))
     if with_models:
-        Path("metrics").mkdir(exist_ok=True)
-        Path("metrics/cold_start_valid.json").write_text(json.dumps({"emcdr": {"ndcg@10": 0.1}}))
+        # the one trained method, for score.method: auto (what evaluate would write)
+        paths.VALID_USERS.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"method": ["emcdr"], "user_id": ["u0"], "ndcg@10": [0.1]}).write_parquet(
+            paths.VALID_USERS
+        )
 
 
 def overrides(section: str, engine: str, args) -> dict:

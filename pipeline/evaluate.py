@@ -2,7 +2,9 @@
 
 Test metrics of the selected models (``metrics/cold_start.json``, one entry per method:
 ``mae``, ``rmse``, ``ndcg@10``, ``hit@10``, ``recall@10``, ``mrr@10`` and the same at 20),
-the validation metrics they were selected on (``metrics/cold_start_valid.json``), and DVC
+the validation metrics they were selected on (``metrics/cold_start_valid.json``), each
+method's NDCG@10 per validation user (``data/evaluation/valid_users.parquet``, what
+``score.method: auto`` compares methods on), and DVC
 plot data: ``plots/methods.csv`` (metric by method) and ``plots/sampling_steps.csv`` (the
 generator's metrics by number of sampling steps, on validation users). None of them holds a
 timing, so a retrain with the same seed leaves them as they were (training seconds are in
@@ -16,10 +18,12 @@ import io
 import logging
 from collections.abc import Sequence
 
-from pipeline import cli, paths
+import polars as pl
+
+from pipeline import cli, paths, schemas
 from pipeline.cdr import harness
 from pipeline.config import Params
-from pipeline.io import write_json, write_text
+from pipeline.io import write_json, write_parquet, write_text
 from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
@@ -38,8 +42,25 @@ def _round(row: dict) -> dict:
     return {
         k: (round(v, 6) if isinstance(v, float) else v)
         for k, v in row.items()
-        if k != "info" and k not in TIMINGS
+        if k not in ("info", "per_user", "per_user_errors") and k not in TIMINGS
     }
+
+
+def _per_user(rows: dict[str, dict]) -> pl.DataFrame:
+    """One row per (method, validation user with a positive): the selection metric."""
+    return pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "method": name,
+                    "user_id": [str(u) for u in row["per_user"]["user_id"]],
+                    trained.SELECT_METRIC: row["per_user"][trained.SELECT_METRIC],
+                },
+                schema_overrides={trained.SELECT_METRIC: pl.Float64},
+            )
+            for name, row in rows.items()
+        ]
+    )
 
 
 def _csv(rows: list[dict], columns: Sequence[str]) -> str:
@@ -56,9 +77,10 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
 def evaluate(params: Params) -> dict:
     data, fitted = trained.load(params)
     test = harness.evaluate(fitted, "test")
-    valid = harness.evaluate(fitted, "valid")
+    valid = harness.evaluate(fitted, "valid", per_user=True)
     write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)
     write_json({m: _round(r) for m, r in valid.items()}, paths.VALID)
+    write_parquet(_per_user(valid), paths.VALID_USERS, schema=schemas.VALID_USERS)
     rows = [{"method": m, **_round(r)} for m, r in test.items()]
     write_text(_csv(rows, PLOT_COLUMNS), paths.PLOTS / "methods.csv")
     steps_rows = harness.sampling_steps_curve(fitted, "valid")
@@ -69,7 +91,9 @@ def evaluate(params: Params) -> dict:
     log.info("test metrics on %d cold users:", len(data.cold_users("test")))
     for name, row in test.items():
         log.info("%s  scored in %.2f s", harness.summary_line(name, row), row["infer_seconds"])
-    log.info("wrote %s, %s and %s", paths.COLD_START, paths.VALID, paths.PLOTS)
+    log.info(
+        "wrote %s, %s, %s and %s", paths.COLD_START, paths.VALID, paths.VALID_USERS, paths.PLOTS
+    )
     return test
 
 

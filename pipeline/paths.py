@@ -25,4 +25,6 @@ MODELS = DATA / "models"  # trained base models and cold-start methods (torch st
 TRAIN_TIMES = METRICS / "train.json"  # seconds the base models and each method trained
 COLD_START = METRICS / "cold_start.json"  # test metrics of every method
 VALID = METRICS / "cold_start_valid.json"  # the same on validation cold users
+EVALUATION = DATA / "evaluation"
+VALID_USERS = EVALUATION / "valid_users.parquet"  # per-user validation ndcg@10, for score auto
 PLOTS = Path("plots")

@@ -88,6 +88,16 @@ SPLIT = pa.schema(
     ]
 )
 
+# Each method's ranking metric per validation cold user with a positive (evaluate): what
+# ``score.method: auto`` compares methods on, paired by user.
+VALID_USERS = pa.schema(
+    [
+        ("method", pa.string()),
+        ("user_id", pa.string()),
+        ("ndcg@10", pa.float64()),
+    ]
+)
+
 
 def polars_schema(schema: pa.Schema) -> pl.Schema:
     """The polars types of a table schema, for casting lazy queries before they are written."""

@@ -87,7 +87,7 @@ def score(
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
     data, fitted = trained.load(params, model_dir)
-    name, selection = trained.choose_method(sp.method, list(fitted.methods), paths.VALID)
+    name, selection = trained.choose_method(sp.method, list(fitted.methods), paths.VALID_USERS)
     version = trained.model_version(model_dir)
 
     requested = plan.stage_users(data) if users_path is None else plan.read_users(users_path)

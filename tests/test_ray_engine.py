@@ -10,7 +10,6 @@ the same.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from pipeline.features import item_batches
 from pipeline.features.profile_store import read_profile_store
 from pipeline.io import read_meta
 from pipeline.recs import batches
-from tests.conftest import ROOT, TINY_SYNTHETIC, write_params
+from tests.conftest import ROOT, TINY_SYNTHETIC, write_params, write_valid_users
 
 # Two actors of half a CPU each leave a CPU for Ray Data's own read and split tasks.
 RAY = {"actors": 2, "cpus_per_actor": 0.5}
@@ -71,16 +70,8 @@ def project(tiny_project, tiny_lm, tmp_path_factory) -> Path:
     try:
         torch.set_num_threads(1)
         train.train(load_params("params.yaml"))
-        (root / "metrics").mkdir(exist_ok=True)
-        (root / "metrics/cold_start_valid.json").write_text(
-            json.dumps(
-                {
-                    "popularity": {"ndcg@10": 0.1},
-                    "emcdr": {"ndcg@10": 0.1},
-                    "diffcdr": {"ndcg@10": 0.2},
-                }
-            )  # fmt: skip
-        )
+        base = np.linspace(0.0, 0.2, 20)  # diffcdr clearly best: score auto picks it
+        write_valid_users(root, {"popularity": base, "emcdr": base, "diffcdr": base + 0.1})
     finally:
         os.chdir(old)
     return root

@@ -23,7 +23,7 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.io.lock import locked
 from pipeline.recs import lists, metrics, partition, trained
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, write_params, write_valid_users
 
 METHODS = [
     "global_mean",
@@ -53,7 +53,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def project(tiny_project, tmp_path_factory) -> Path:
-    """The tiny project's data, small trained models, and validation metrics naming emcdr best."""
+    """The tiny project's data, small trained models, and per-user validation values with emcdr
+    clearly best."""
     from pipeline import train
 
     root = tmp_path_factory.mktemp("score")
@@ -66,10 +67,9 @@ def project(tiny_project, tmp_path_factory) -> Path:
     try:
         torch.set_num_threads(1)
         train.train(load_params("params.yaml"))
-        valid = {m: {"ndcg@10": 0.1} for m in METHODS}
-        valid["emcdr"]["ndcg@10"] = 0.2
-        (root / "metrics").mkdir(exist_ok=True)
-        (root / "metrics/cold_start_valid.json").write_text(json.dumps(valid))
+        # emcdr clearly ahead of every other method on 30 validation users
+        noise = np.random.default_rng(0).uniform(0, 0.2, 30)
+        write_valid_users(root, {m: noise + 0.3 * (m == "emcdr") for m in METHODS})
     finally:
         os.chdir(old)
     return root
@@ -132,11 +132,11 @@ def test_stage_writes_schema_ordering_manifest_and_marker(project, monkeypatch):
         assert ranks == list(range(1, 11))
         assert all(a >= b for a, b in zip(scores, scores[1:], strict=False))
         assert len(set(items)) == 10
-    assert set(df["method"]) == {"emcdr"}  # auto: best valid ndcg@10
+    assert set(df["method"]) == {"emcdr"}  # auto: significantly best on validation
     assert set(df["model_version"]) == {manifest["model_version"]}
     saved = json.loads((part_dir / "manifest.json").read_text())
     assert saved == json.loads(json.dumps(manifest))
-    assert saved["method"] == "emcdr" and saved["selection"]["by"].startswith("best valid")
+    assert saved["method"] == "emcdr" and saved["selection"]["best"] == "emcdr"
     assert saved["counts"]["scored"] == len(cold) and saved["counts"]["rejected"] == 0
     assert saved["counts"]["rows"] == df.height and saved["k"] == 10
     assert pl.read_parquet(part_dir / "rejects.parquet").height == 0
@@ -319,16 +319,35 @@ def test_unusable_users_land_in_rejects_with_a_reason(project, monkeypatch, tmp_
     assert (c["users_in"], c["duplicates"], c["scored"], c["rejected"]) == (7, 1, 2, 4)
 
 
-def test_auto_needs_validation_metrics_and_names_a_trained_method(project, tmp_path):
+def test_auto_needs_validation_values_and_names_a_trained_method(project, tmp_path):
     methods = ["emcdr", "popularity"]
     with pytest.raises(PipelineError, match="evaluate"):
-        trained.choose_method("auto", methods, tmp_path / "missing.json")
+        trained.choose_method("auto", methods, tmp_path / "missing.parquet")
     with pytest.raises(PipelineError, match="not trained"):
-        trained.choose_method("diffcdr", methods, tmp_path / "missing.json")
-    (tmp_path / "v.json").write_text(
-        json.dumps({"emcdr": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.3}, "x": {"ndcg@10": 1}})
-    )
-    assert trained.choose_method("auto", methods, tmp_path / "v.json")[0] == "emcdr"
+        trained.choose_method("diffcdr", methods, tmp_path / "missing.parquet")
+    path = write_valid_users(tmp_path, {"x": [1.0, 1.0]})
+    with pytest.raises(PipelineError, match="no ndcg@10 for any trained method"):
+        trained.choose_method("auto", methods, path)
+
+
+def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tmp_path):
+    """The highest validation mean is optimistic for methods selected on those users: auto
+    takes the simplest method (floors first) that the best does not beat significantly."""
+    rng = np.random.default_rng(0)
+    simple = rng.uniform(0, 0.3, 60)
+    noise = rng.normal(0, 0.1, 60)
+    noisy = simple + noise - noise.mean() + 0.005  # ahead on the mean, well within the noise
+    methods = ["ours", "cd_ease", "popularity"]  # train order is not the order of simplicity
+    path = write_valid_users(tmp_path, {"popularity": simple, "cd_ease": simple, "ours": noisy})
+    name, info = trained.choose_method("auto", methods, path)
+    assert info["best"] == "ours" and info["best_value"] > info["value"]
+    assert name == "popularity" and info["p"] >= trained.SELECT_ALPHA  # equal values: simplest
+    path = write_valid_users(tmp_path, {"popularity": simple, "ours": simple + 0.05})
+    name, info = trained.choose_method("auto", methods, path)
+    assert (name, info["p"], info["users"]) == ("ours", None, 60)
+    # A method worse than the simplest on every user is never chosen, whatever its order.
+    path = write_valid_users(tmp_path, {"popularity": simple, "global_mean": simple - 0.1})
+    assert trained.choose_method("auto", methods + ["global_mean"], path)[0] == "popularity"
 
 
 def test_parts_rotate_between_chunks_and_an_empty_partition_still_reads(

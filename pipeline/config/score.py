@@ -13,7 +13,9 @@ from pipeline.config.engine import Device, Engine, RayParams
 
 
 class ScoreParams(Section):
-    method: str = "auto"  # auto = best valid ndcg@10 among the trained methods, or a method name
+    # auto: the simplest trained method within noise of the best valid ndcg@10
+    # (pipeline.recs.trained.simplest_within_noise); or a method name
+    method: str = "auto"
     k: int = Field(20, ge=1)  # items per user
     chunk_size: int = Field(1024, ge=1)  # users scored at once (memory ~ chunk_size x items)
     device: Device = "auto"  # auto | cpu | cuda[:N]

@@ -1,21 +1,27 @@
 """The trained models that rank: loaded with the data they were fitted on, the method that
-scores (named, or the best on validation), and a fingerprint of the model files."""
+scores (named, or chosen on the validation users), and a fingerprint of the model files."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+from scipy.stats import ttest_1samp
+
 from pipeline import paths
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, store
+from pipeline.cdr.configs import METHOD_NAMES
 from pipeline.cdr.data import CDRData
 from pipeline.cdr.harness import Fitted
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, sha256_file, stable_hash
+from pipeline.io import read_parquet, sha256_file, stable_hash
 
-SELECT_METRIC = "ndcg@10"  # what score.method auto maximises on the validation cold users
+SELECT_METRIC = "ndcg@10"  # what score.method auto compares on the validation cold users
+SELECT_ALPHA = 0.05  # auto: a simpler method is kept unless the best beats it at this level
 
 
 def load(params: Params, model_dir: Path = paths.MODELS) -> tuple[CDRData, Fitted]:
@@ -35,8 +41,10 @@ def model_version(model_dir: Path) -> str:
     return stable_hash({p.name: sha256_file(p) for p in files})
 
 
-def choose_method(requested: str, trained: Sequence[str], valid_path: Path) -> tuple[str, dict]:
-    """The method to score with, and how it was chosen (for the manifest)."""
+def choose_method(requested: str, trained: Sequence[str], per_user_path: Path) -> tuple[str, dict]:
+    """The method to score with, and how it was chosen (for the manifest): the one named, or
+    for ``auto`` :func:`simplest_within_noise` of the trained methods' per-user validation
+    values in ``per_user_path`` (evaluate's ``valid_users.parquet``)."""
     if requested != "auto":
         if requested not in trained:
             raise PipelineError(
@@ -44,19 +52,66 @@ def choose_method(requested: str, trained: Sequence[str], valid_path: Path) -> t
                 "add it to train.methods or pick another"
             )
         return requested, {"by": "params"}
-    if not Path(valid_path).exists():
+    name, info = simplest_within_noise(_valid_values(per_user_path, trained))
+    return name, {**info, "file": str(per_user_path)}
+
+
+def simplest_within_noise(values: dict[str, np.ndarray]) -> tuple[str, dict]:
+    """The method ``score.method: auto`` takes, from each method's validation NDCG@10 per user
+    (the same users, in the same order, for every method).
+
+    The highest mean is optimistic for the methods selected on those same users (a
+    generator's checkpoint, a penalty) and exact for those that select nothing, so it alone
+    can pick a method below a simple floor. As the one-standard-error rule does, the simplest
+    method within noise of the best is taken instead: going from the simplest (in
+    :data:`~pipeline.cdr.configs.METHOD_NAMES` order: floors, published methods, ours), the
+    first that the best is *not* ahead of at ``SELECT_ALPHA`` (paired one-sided t-test over
+    the users), else the best itself.
+    """
+    means = {m: float(v.mean()) for m, v in values.items()}
+    # max() keeps the first of equal values: ties go to the earlier method in train order.
+    best = max(means, key=means.get)
+    name, p = best, None
+    for m in sorted(values, key=_simplicity):
+        if m == best:
+            break
+        p_m = _p_ahead(values[best] - values[m])
+        if p_m >= SELECT_ALPHA:
+            name, p = m, round(p_m, 6)
+            break
+    return name, {
+        "by": f"simplest within noise of the best valid {SELECT_METRIC}",
+        "value": round(means[name], 6),
+        "best": best,
+        "best_value": round(means[best], 6),
+        "p": p,  # one-sided p of best > chosen (None: the best itself)
+        "users": len(values[best]),
+    }
+
+
+def _p_ahead(diff: np.ndarray) -> float:
+    """One-sided p-value of a positive mean of the paired differences ``diff``."""
+    if np.ptp(diff) <= 1e-12:  # the same difference for every user: no noise to test against
+        return 0.0 if diff[0] > 0 else 1.0
+    if len(diff) < 2:
+        return 1.0
+    return float(ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+
+
+def _simplicity(method: str) -> int:
+    return METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
+
+
+def _valid_values(path: Path, trained: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each trained method's per-user validation NDCG@10, on the users every method has."""
+    if not Path(path).exists():
         raise PipelineError(
-            f"score.method is auto but {valid_path} does not exist: run `dvc repro evaluate` "
+            f"score.method is auto but {path} does not exist: run `dvc repro evaluate` "
             "or set score.method"
         )
-    valid = read_json(valid_path)
-    scored = [
-        (m, valid[m][SELECT_METRIC])
-        for m in trained
-        if m in valid and valid[m].get(SELECT_METRIC) is not None
-    ]
-    if not scored:
-        raise PipelineError(f"{valid_path}: no {SELECT_METRIC} for any trained method")
-    # max() keeps the first of equal values: ties go to the earlier method in train order.
-    name, value = max(scored, key=lambda mv: mv[1])
-    return name, {"by": f"best valid {SELECT_METRIC}", "value": value, "file": str(valid_path)}
+    df = read_parquet(path).filter(pl.col("method").is_in(list(trained)))
+    if df.is_empty():
+        raise PipelineError(f"{path}: no {SELECT_METRIC} for any trained method")
+    wide = df.pivot(on="method", index="user_id", values=SELECT_METRIC).drop_nulls()
+    order = [m for m in trained if m in wide.columns]
+    return {m: wide[m].to_numpy() for m in order}
