@@ -25,6 +25,9 @@ Condition inputs of ``ours`` from outside the interactions: ``--source-items FIL
 project's text encoder for the ``liked_items`` input (items without a row get no vector);
 ``--profiles DIR`` reads a ``user_profiles`` store for the ``profile`` input. An input that
 is not given is left out of the condition (logged).
+
+``--break-link SEED`` is a negative control: the source histories are handed to other users
+at random, so no method should rank above the target-only floors (``popularity``).
 """
 
 from __future__ import annotations
@@ -114,6 +117,15 @@ def condition_inputs(
     return train, extra
 
 
+def break_link(inter: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The source histories handed to other users at random (a permutation of the user ids,
+    drawn with ``seed``): the same users, histories and catalogue, but no cross-domain signal
+    left, so no method should rank above the target-only floors (a negative control)."""
+    users = np.array(sorted(set(inter["user_id"].to_list())), dtype=object)
+    shuffled = users[np.random.default_rng(seed).permutation(len(users))]
+    return inter.with_columns(pl.col("user_id").replace_strict(users.tolist(), shuffled.tolist()))
+
+
 def split_files(splits_dir: Path | None, beta: float, seed: int) -> tuple[str | None, str | None]:
     if splits_dir is None:
         return None, None
@@ -132,6 +144,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     methods = args.methods.split(",") if args.methods else list(train.methods)
     inter_src, src_stats = read_domain(args.source, "source")
     inter_tgt, tgt_stats = read_domain(args.target, "target")
+    if args.break_link is not None:
+        inter_src = break_link(inter_src, args.break_link)
     interactions = pl.concat([inter_src, inter_tgt])
     src_users = set(inter_src["user_id"].to_list())
     tgt_users = set(inter_tgt["user_id"].to_list())
@@ -351,6 +365,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "selection on one half of them and metrics on the other, both ways (two records per "
         "split, 'half' 0/1). Records say which in 'users'; 'ranked_users' counts the users "
         "measured, 'test_users' the users in the test role",
+    )
+    p.add_argument(
+        "--break-link",
+        type=int,
+        metavar="SEED",
+        help="negative control: hand the source histories to other users at random (a "
+        "permutation drawn with SEED), so that no cross-domain signal is left",
     )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ the ones that need files it was not given."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.cold_start import condition_inputs
 from pipeline.cdr.configs import TrainParams
@@ -88,3 +89,53 @@ def test_users_valid_halves_select_on_one_half_and_measure_the_other(tmp_path):
     assert {r["users"] for r in records} == {"valid-halves"}
     test = paired_bootstrap(records, 0.5, "cd_ease", "popularity", "ndcg@10", replicates=50)
     assert test["splits"] == 2 and test["users"] == len(valid)
+
+
+def test_break_link_hands_each_history_to_another_user_and_keeps_the_rest():
+    """`--break-link`: the same users, items and histories, each history under another id."""
+    import polars as pl
+
+    from benchmarks.cold_start import break_link
+
+    inter = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(50) for _ in range(u % 3 + 1)],
+            "item_id": [f"i{u}_{k}" for u in range(50) for k in range(u % 3 + 1)],
+        }
+    )
+    out = break_link(inter, seed=7)
+    assert out["item_id"].to_list() == inter["item_id"].to_list()
+    assert set(out["user_id"]) == set(inter["user_id"])
+    history = {u: sorted(items) for u, items in out.group_by("user_id").agg("item_id").iter_rows()}
+    before = {u: sorted(items) for u, items in inter.group_by("user_id").agg("item_id").iter_rows()}
+    assert sorted(map(tuple, history.values())) == sorted(map(tuple, before.values()))
+    assert sum(history[u] != before[u] for u in before) > 40  # most histories moved
+    assert break_link(inter, seed=7).equals(out)  # the same seed, the same permutation
+
+
+def test_selection_table_picks_by_both_rules_and_reads_the_picks_test_values():
+    """benchmarks.selection: per split, the highest validation mean and auto's rule, each
+    with its test value."""
+    from benchmarks.selection import rows
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 0.3, 40)
+    users = [f"u{i}" for i in range(40)]
+
+    def record(method, values, which):
+        return {
+            "beta": 0.5,
+            "seed": 1,
+            "method": method,
+            "ndcg@10": float(np.mean(values)) + (0.0 if which == "valid" else -0.05),
+            "per_user": {"user_id": users, "ndcg@10": list(values)},
+        }
+
+    noise = rng.normal(0, 0.1, 40)
+    noisy = base + noise - noise.mean() + 0.005  # ahead on the mean, well within the noise
+    valid = [record("popularity", base, "valid"), record("ours", noisy, "valid")]
+    test = [record("popularity", base, "test"), record("ours", noisy - 0.05, "test")]
+    (row,) = rows(valid, test)
+    assert (row["highest"], row["rule"]) == ("ours", "popularity")
+    assert row["rule_test"] == pytest.approx(np.mean(base) - 0.05)
+    assert row["highest_test"] == pytest.approx(np.mean(noisy) - 0.1)
