@@ -328,6 +328,9 @@ def test_auto_needs_validation_values_and_names_a_trained_method(project, tmp_pa
     path = write_valid_users(tmp_path, {"x": [1.0, 1.0]})
     with pytest.raises(PipelineError, match="no ndcg@10 for any trained method"):
         trained.choose_method("auto", methods, path)
+    pl.DataFrame({"method": ["emcdr"], "user_id": ["u0"]}).write_parquet(path)
+    with pytest.raises(PipelineError, match=r"missing column\(s\) \['ndcg@10'\]"):
+        trained.choose_method("auto", methods, path)
 
 
 def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tmp_path):

@@ -109,9 +109,18 @@ def _valid_values(path: Path, trained: Sequence[str]) -> dict[str, np.ndarray]:
             f"score.method is auto but {path} does not exist: run `dvc repro evaluate` "
             "or set score.method"
         )
-    df = read_parquet(path).filter(pl.col("method").is_in(list(trained)))
+    df = read_parquet(path)
+    missing = sorted({"method", "user_id", SELECT_METRIC} - set(df.columns))
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {missing}: run `dvc repro evaluate`")
+    df = df.filter(pl.col("method").is_in(list(trained)))
     if df.is_empty():
         raise PipelineError(f"{path}: no {SELECT_METRIC} for any trained method")
     wide = df.pivot(on="method", index="user_id", values=SELECT_METRIC).drop_nulls()
+    if wide.is_empty():
+        raise PipelineError(
+            f"{path}: no validation user has a value for every trained method "
+            "(no validation user with a positive?): set score.method"
+        )
     order = [m for m in trained if m in wide.columns]
     return {m: wide[m].to_numpy() for m in order}
