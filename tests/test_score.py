@@ -512,3 +512,24 @@ def test_partition_moved_aside_by_a_killed_swap_is_restored(tmp_path):
     partition.recover(tmp_path, DATE)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"dt={DATE}"]
     assert (tmp_path / f"dt={DATE}" / "_SUCCESS").exists()
+
+
+def test_a_bad_rating_in_a_csv_names_its_line_even_after_a_field_spanning_lines(tmp_path):
+    """A quoted field may hold line breaks: the error names the line the record starts on,
+    not its record number."""
+    from pipeline.errors import InputError
+    from pipeline.recs import plan
+
+    path = tmp_path / "fresh.csv"
+    path.write_text(
+        "user_id,item_id,domain,rating\n"
+        'u1,"an item id\nover two lines",books,4\n'
+        "u1,i2,books,5\n"
+        "u1,i3,books,9\n"
+        "u1,i4,books,7\n"
+    )
+    with pytest.raises(InputError) as err:
+        plan.read_interactions(path, ["u1"], ["books"], {"books": (1.0, 5.0)})
+    assert f"{path}:5: field 'rating'" in str(err.value)
+    assert "lines 5, 6" in str(err.value)
+    assert plan.csv_lines(path, [1, 2, 3, 9]) == {1: 1, 2: 2, 3: 4, 9: 9}

@@ -9,6 +9,7 @@ of :data:`REASONS`; nobody is dropped silently.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from collections import Counter
@@ -114,9 +115,9 @@ def read_interactions(
     frame = _read_table(path, ["user_id", "item_id", "domain"], "interactions")
     if "rating" not in frame.collect_schema().names():
         frame = frame.with_columns(rating=pl.lit(None, pl.Float32))
-    csv = path.suffix.lower() == ".csv"
+    is_csv = path.suffix.lower() == ".csv"
     query = (
-        frame.with_row_index("row", offset=2 if csv else 1)  # a CSV's line (header: 1), or row
+        frame.with_row_index("row", offset=2 if is_csv else 1)  # a CSV record (header: 1), or row
         .select(
             "row",
             pl.col("user_id").cast(pl.String).str.strip_chars(),
@@ -128,14 +129,40 @@ def read_interactions(
         .filter(pl.col("domain").is_in(list(domains)) & pl.col("user_id").is_in(list(users)))
     )
     rows = _collect(query, path, "interactions")
-    _check_ratings(rows, path, scales or {}, "line" if csv else "row")
+    _check_ratings(rows, path, scales or {}, "line" if is_csv else "row")
     return rows.drop("row", "given")
 
 
-def _where(bad: pl.DataFrame, where: str) -> str:
-    n, first = bad.height, ", ".join(map(str, bad["row"][:5])) + ("..." if bad.height > 5 else "")
+def csv_lines(path: Path, rows: Sequence[int]) -> dict[int, int]:
+    """The line of ``path`` on which each CSV record ``rows`` starts (header: row 1), for error
+    messages: a quoted field may span lines, so a record's number is not always its line."""
+    wanted, out, end = set(rows), {}, 0
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        for row, _ in enumerate(reader, start=1):
+            if row in wanted:
+                out[row] = end + 1
+                if len(out) == len(wanted):
+                    break
+            end = reader.line_num
+    return {r: out.get(r, r) for r in rows}
+
+
+def _where(bad: pl.DataFrame, where: str, lines: dict[int, int]) -> str:
+    shown = ", ".join(str(lines[r]) for r in bad["row"][:5]) + ("..." if bad.height > 5 else "")
     return (
-        " (1 such row)" if n == 1 else f" ({n} such rows of the requested users: {where}s {first})"
+        " (1 such row)"
+        if bad.height == 1
+        else f" ({bad.height} such rows of the requested users: {where}s {shown})"
+    )
+
+
+def _fail(bad: pl.DataFrame, message: str, path: Path, where: str) -> None:
+    """Raise for the ``bad`` rows, naming the first one's line (a CSV) or row (Parquet)."""
+    rows = bad["row"][:5].to_list()
+    lines = csv_lines(path, rows) if where == "line" else {r: r for r in rows}
+    raise InputError(
+        f"{message}{_where(bad, where, lines)}", path=path, line=lines[rows[0]], field="rating"
     )
 
 
@@ -145,25 +172,16 @@ def _check_ratings(
     given = pl.col("given").is_not_null() & (pl.col("given") != "")
     bad = rows.filter(given & pl.col("rating").is_null())
     if bad.height:
-        first = bad.row(0, named=True)
-        raise InputError(
-            f"{first['given']!r} is not a number{_where(bad, where)}",
-            path=path,
-            line=first["row"],
-            field="rating",
-        )
+        _fail(bad, f"{bad['given'][0]!r} is not a number", path, where)
     for domain, (low, high) in scales.items():
         mine = rows.filter((pl.col("domain") == domain) & pl.col("rating").is_not_null())
         off = mine.filter(~pl.col("rating").is_between(low, high) | pl.col("rating").is_nan())
         if off.height:
-            first = off.row(0, named=True)
-            raise InputError(
-                f"{first['rating']:g} is off the {domain} rating scale of the training data, "
-                f"{low:g} to {high:g}{_where(off, where)}",
-                path=path,
-                line=first["row"],
-                field="rating",
+            message = (
+                f"{off['rating'][0]:g} is off the {domain} rating scale of the training data, "
+                f"{low:g} to {high:g}"
             )
+            _fail(off, message, path, where)
 
 
 @dataclass
