@@ -333,9 +333,10 @@ def test_auto_needs_validation_values_and_names_a_trained_method(project, tmp_pa
         trained.choose_method("auto", methods, path)
 
 
-def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tmp_path):
+def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tmp_path, caplog):
     """The highest validation mean is optimistic for methods selected on those users: auto
     takes the simplest method (floors first) that the best does not beat significantly."""
+    caplog.set_level("INFO", logger="score")
     rng = np.random.default_rng(0)
     simple = rng.uniform(0, 0.3, 60)
     noise = rng.normal(0, 0.1, 60)
@@ -345,6 +346,7 @@ def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tm
     name, info = trained.choose_method("auto", methods, path)
     assert info["best"] == "ours" and info["best_value"] > info["value"]
     assert name == "popularity" and info["p"] >= trained.SELECT_ALPHA  # equal values: simplest
+    assert "auto: popularity" in caplog.text and "the best, ours (" in caplog.text  # says why
     path = write_valid_users(tmp_path, {"popularity": simple, "ours": simple + 0.05})
     name, info = trained.choose_method("auto", methods, path)
     assert (name, info["p"], info["users"]) == ("ours", None, 60)

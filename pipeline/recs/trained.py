@@ -3,6 +3,7 @@ scores (named, or chosen on the validation users), and a fingerprint of the mode
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.io import read_parquet, sha256_file, stable_hash
 
+log = logging.getLogger("score")
 SELECT_METRIC = "ndcg@10"  # what score.method auto compares on the validation cold users
 SELECT_ALPHA = 0.05  # auto: a simpler method is kept unless the best beats it at this level
 
@@ -53,6 +55,21 @@ def choose_method(requested: str, trained: Sequence[str], per_user_path: Path) -
             )
         return requested, {"by": "params"}
     name, info = simplest_within_noise(_valid_values(per_user_path, trained))
+    if name == info["best"]:
+        why = "the best, and significantly ahead of every simpler method"
+    else:
+        why = (
+            f"the best, {info['best']} ({info['best_value']:.4f}), is not ahead of it at "
+            f"p < {SELECT_ALPHA} (p = {info['p']:.3f})"
+        )
+    log.info(
+        "score.method auto: %s, valid %s %.4f over %d users: %s",
+        name,
+        SELECT_METRIC,
+        info["value"],
+        info["users"],
+        why,
+    )
     return name, {**info, "file": str(per_user_path)}
 
 
