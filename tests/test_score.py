@@ -326,7 +326,12 @@ def test_auto_needs_validation_values_and_names_a_trained_method(project, tmp_pa
     with pytest.raises(PipelineError, match="not trained"):
         trained.choose_method("diffcdr", methods, tmp_path / "missing.parquet")
     path = write_valid_users(tmp_path, {"x": [1.0, 1.0]})
-    with pytest.raises(PipelineError, match="no ndcg@10 for any trained method"):
+    with pytest.raises(
+        PipelineError, match=r"no ndcg@10 for the trained method\(s\) \['emcdr', 'popularity'\]"
+    ):
+        trained.choose_method("auto", methods, path)
+    path = write_valid_users(tmp_path, {"emcdr": [0.1, 0.2], "popularity": [0.1, float("nan")]})
+    with pytest.raises(PipelineError, match="NaN"):
         trained.choose_method("auto", methods, path)
     pl.DataFrame({"method": ["emcdr"], "user_id": ["u0"]}).write_parquet(path)
     with pytest.raises(PipelineError, match=r"missing column\(s\) \['ndcg@10'\]"):
@@ -347,12 +352,16 @@ def test_auto_keeps_the_simpler_method_unless_the_best_is_significantly_ahead(tm
     assert info["best"] == "ours" and info["best_value"] > info["value"]
     assert name == "popularity" and info["p"] >= trained.SELECT_ALPHA  # equal values: simplest
     assert "auto: popularity" in caplog.text and "the best, ours (" in caplog.text  # says why
+    two = ["ours", "popularity"]
     path = write_valid_users(tmp_path, {"popularity": simple, "ours": simple + 0.05})
-    name, info = trained.choose_method("auto", methods, path)
+    name, info = trained.choose_method("auto", two, path)
     assert (name, info["p"], info["users"]) == ("ours", None, 60)
+    # One validation user says nothing about noise: the simplest is kept.
+    path = write_valid_users(tmp_path, {"popularity": [0.3], "ours": [0.31]})
+    assert trained.choose_method("auto", two, path)[0] == "popularity"
     # A method worse than the simplest on every user is never chosen, whatever its order.
     path = write_valid_users(tmp_path, {"popularity": simple, "global_mean": simple - 0.1})
-    assert trained.choose_method("auto", methods + ["global_mean"], path)[0] == "popularity"
+    assert trained.choose_method("auto", ["popularity", "global_mean"], path)[0] == "popularity"
 
 
 def test_parts_rotate_between_chunks_and_an_empty_partition_still_reads(

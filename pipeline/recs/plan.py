@@ -139,12 +139,15 @@ def csv_lines(path: Path, rows: Sequence[int]) -> dict[int, int]:
     wanted, out, end = set(rows), {}, 0
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
-        for row, _ in enumerate(reader, start=1):
-            if row in wanted:
-                out[row] = end + 1
-                if len(out) == len(wanted):
-                    break
-            end = reader.line_num
+        try:
+            for row, _ in enumerate(reader, start=1):
+                if row in wanted:
+                    out[row] = end + 1
+                    if len(out) == len(wanted):
+                        break
+                end = reader.line_num
+        except csv.Error:  # a record the csv module refuses (polars read it): record numbers
+            return {r: r for r in rows}
     return {r: out.get(r, r) for r in rows}
 
 

@@ -83,7 +83,8 @@ def simplest_within_noise(values: dict[str, np.ndarray]) -> tuple[str, dict]:
     method within noise of the best is taken instead: going from the simplest (in
     :data:`~pipeline.cdr.configs.METHOD_NAMES` order: floors, published methods, ours), the
     first that the best is *not* ahead of at ``SELECT_ALPHA`` (paired one-sided t-test over
-    the users), else the best itself.
+    the users), else the best itself. ``ours``' ablations come after ``ours``: they are
+    diagnostics, taken only when significantly better than everything before them.
     """
     means = {m: float(v.mean()) for m, v in values.items()}
     # max() keeps the first of equal values: ties go to the earlier method in train order.
@@ -108,10 +109,10 @@ def simplest_within_noise(values: dict[str, np.ndarray]) -> tuple[str, dict]:
 
 def _p_ahead(diff: np.ndarray) -> float:
     """One-sided p-value of a positive mean of the paired differences ``diff``."""
+    if len(diff) < 2:  # one user says nothing about noise
+        return 1.0
     if np.ptp(diff) <= 1e-12:  # the same difference for every user: no noise to test against
         return 0.0 if diff[0] > 0 else 1.0
-    if len(diff) < 2:
-        return 1.0
     return float(ttest_1samp(diff, 0.0, alternative="greater").pvalue)
 
 
@@ -131,8 +132,16 @@ def _valid_values(path: Path, trained: Sequence[str]) -> dict[str, np.ndarray]:
     if missing:
         raise PipelineError(f"{path}: missing column(s) {missing}: run `dvc repro evaluate`")
     df = df.filter(pl.col("method").is_in(list(trained)))
-    if df.is_empty():
-        raise PipelineError(f"{path}: no {SELECT_METRIC} for any trained method")
+    absent = sorted(set(trained) - set(df["method"]))
+    if absent:
+        raise PipelineError(
+            f"{path}: no {SELECT_METRIC} for the trained method(s) {absent}: it is older than "
+            "the models; run `dvc repro evaluate` or set score.method"
+        )
+    if df.select(pl.struct("method", "user_id").is_duplicated().any()).item():
+        raise PipelineError(f"{path}: a (method, user_id) pair appears twice: rerun evaluate")
+    if not df[SELECT_METRIC].is_finite().all():
+        raise PipelineError(f"{path}: {SELECT_METRIC} holds NaN or infinite values: rerun evaluate")
     wide = df.pivot(on="method", index="user_id", values=SELECT_METRIC).drop_nulls()
     if wide.is_empty():
         raise PipelineError(
