@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "base_seconds": fitted.ctx.base.seconds,
                         "test_users": int(len(data.cold_users("test"))),
                         "users": args.users,  # the cold users the metrics are taken on
+                        "break_link": args.break_link,  # negative control: its seed, or None
                         "ranked_users": row.get("ranked_users"),
                         "selection": row.get("info"),
                         # for paired tests between methods (benchmarks/significance.py)
@@ -371,7 +372,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         metavar="SEED",
         help="negative control: hand the source histories to other users at random (a "
-        "permutation drawn with SEED), so that no cross-domain signal is left",
+        "permutation drawn with SEED), so that no cross-domain signal is left (a --profiles "
+        "store keeps the real link: its profiles were written from the real histories)",
     )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)
