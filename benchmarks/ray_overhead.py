@@ -37,6 +37,7 @@ from pipeline import download, paths, prepare, split, train
 from pipeline import item_features as item_stage
 from pipeline import score as score_stage
 from pipeline.config import load_params
+from pipeline.recs import trained
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-01-01"
@@ -53,10 +54,7 @@ def build(items: int, users: int, with_models: bool) -> None:
         getattr(stage, name)(load_params("params.yaml", None, stage.PARAMS, name))
     if with_models:
         # the one trained method, for score.method: auto (what evaluate would write)
-        paths.VALID_USERS.parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame({"method": ["emcdr"], "user_id": ["u0"], "ndcg@10": [0.1]}).write_parquet(
-            paths.VALID_USERS
-        )
+        trained.write_valid_values({"emcdr": (["u0"], [0.1])}, paths.VALID_USERS)
 
 
 def overrides(section: str, engine: str, args) -> dict:

@@ -18,12 +18,10 @@ import io
 import logging
 from collections.abc import Sequence
 
-import polars as pl
-
-from pipeline import cli, paths, schemas
+from pipeline import cli, paths
 from pipeline.cdr import harness
 from pipeline.config import Params
-from pipeline.io import write_json, write_parquet, write_text
+from pipeline.io import write_json, write_text
 from pipeline.recs import trained
 from pipeline.recs.metrics import METRIC_KEYS
 
@@ -46,23 +44,6 @@ def _round(row: dict) -> dict:
     }
 
 
-def _per_user(rows: dict[str, dict]) -> pl.DataFrame:
-    """One row per (method, validation user with a positive): the selection metric."""
-    return pl.concat(
-        [
-            pl.DataFrame(
-                {
-                    "method": name,
-                    "user_id": [str(u) for u in row["per_user"]["user_id"]],
-                    trained.SELECT_METRIC: row["per_user"][trained.SELECT_METRIC],
-                },
-                schema_overrides={trained.SELECT_METRIC: pl.Float64},
-            )
-            for name, row in rows.items()
-        ]
-    )
-
-
 def _csv(rows: list[dict], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(
@@ -80,7 +61,9 @@ def evaluate(params: Params) -> dict:
     valid = harness.evaluate(fitted, "valid", per_user=True)
     write_json({m: _round(r) for m, r in test.items()}, paths.COLD_START)
     write_json({m: _round(r) for m, r in valid.items()}, paths.VALID)
-    write_parquet(_per_user(valid), paths.VALID_USERS, schema=schemas.VALID_USERS)
+    users = {m: r["per_user"] for m, r in valid.items()}
+    by_method = {m: (u["user_id"], u[trained.SELECT_METRIC]) for m, u in users.items()}
+    trained.write_valid_values(by_method, paths.VALID_USERS)
     rows = [{"method": m, **_round(r)} for m, r in test.items()]
     write_text(_csv(rows, PLOT_COLUMNS), paths.PLOTS / "methods.csv")
     steps_rows = harness.sampling_steps_curve(fitted, "valid")

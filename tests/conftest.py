@@ -49,17 +49,12 @@ def write_params(path: Path, **sections) -> Path:
 def write_valid_users(root: Path, values: dict[str, list[float]]) -> Path:
     """``data/evaluation/valid_users.parquet`` as evaluate writes it: each method's NDCG@10
     for the same validation users (``u0``, ``u1``, ...), what ``score.method: auto`` reads."""
-    import polars as pl
+    from pipeline.recs import trained
 
     path = root / "data/evaluation/valid_users.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(
-        [
-            {"method": m, "user_id": f"u{i}", "ndcg@10": float(v)}
-            for m, vs in values.items()
-            for i, v in enumerate(vs)
-        ]
-    ).write_parquet(path)
+    trained.write_valid_values(
+        {m: ([f"u{i}" for i in range(len(vs))], vs) for m, vs in values.items()}, path
+    )
     return path
 
 

@@ -4,14 +4,14 @@ scores (named, or chosen on the validation users), and a fingerprint of the mode
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from scipy.stats import ttest_1samp
 
-from pipeline import paths
+from pipeline import paths, schemas
 from pipeline.cdr import data as cdr_data
 from pipeline.cdr import features, store
 from pipeline.cdr.configs import METHOD_NAMES
@@ -19,7 +19,7 @@ from pipeline.cdr.data import CDRData
 from pipeline.cdr.harness import Fitted
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.io import read_parquet, sha256_file, stable_hash
+from pipeline.io import read_parquet, sha256_file, stable_hash, write_parquet
 
 log = logging.getLogger("score")
 SELECT_METRIC = "ndcg@10"  # what score.method auto compares on the validation cold users
@@ -120,6 +120,21 @@ def _simplicity(method: str) -> int:
     return METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
 
 
+def write_valid_values(values: Mapping[str, tuple[Sequence, Sequence[float]]], path: Path) -> None:
+    """Write what :func:`choose_method` reads: per method, (validation user ids, their
+    NDCG@10), one row per (method, user) (schema :data:`pipeline.schemas.VALID_USERS`)."""
+    methods, users, scores = [], [], []
+    for method, (ids, vals) in values.items():
+        methods += [method] * len(ids)
+        users += [str(u) for u in ids]
+        scores += [float(v) for v in vals]
+    table = pl.DataFrame(
+        {"method": methods, "user_id": users, SELECT_METRIC: scores},
+        schema={"method": pl.String, "user_id": pl.String, SELECT_METRIC: pl.Float64},
+    )
+    write_parquet(table, path, schema=schemas.VALID_USERS)
+
+
 def _valid_values(path: Path, trained: Sequence[str]) -> dict[str, np.ndarray]:
     """Each trained method's per-user validation NDCG@10, on the users every method has."""
     if not Path(path).exists():
@@ -148,5 +163,4 @@ def _valid_values(path: Path, trained: Sequence[str]) -> dict[str, np.ndarray]:
             f"{path}: no validation user has a value for every trained method "
             "(no validation user with a positive?): set score.method"
         )
-    order = [m for m in trained if m in wide.columns]
-    return {m: wide[m].to_numpy() for m in order}
+    return {m: wide[m].to_numpy() for m in trained}
