@@ -28,6 +28,10 @@ is not given is left out of the condition (logged).
 
 ``--break-link SEED`` is a negative control: the source histories are handed to other users
 at random, so no method should rank above the target-only floors (``popularity``).
+``--overlap-fraction F`` keeps only a share ``F`` of each split's training overlap users (drawn
+with the seed; the others become source-only users, their target rows left out): the regime of
+a new category pair, where few users are known in both catalogues. The test and validation
+users stay the same.
 """
 
 from __future__ import annotations
@@ -126,6 +130,18 @@ def break_link(inter: pl.DataFrame, seed: int) -> pl.DataFrame:
     return inter.with_columns(pl.col("user_id").replace_strict(users.tolist(), shuffled.tolist()))
 
 
+def few_overlap(roles: dict[str, str], fraction: float, seed: int) -> dict[str, str]:
+    """The split with only ``fraction`` of its training overlap users (drawn with ``seed``);
+    the others become source-only users (their target rows leave the data). The test and
+    validation users, the side users and every source history stay: the regime of a new
+    category pair, where few users are known in both catalogues."""
+    train = sorted(u for u, r in roles.items() if r == "train_overlap")
+    keep = round(fraction * len(train))
+    order = np.random.default_rng([seed, 3]).permutation(len(train))
+    dropped = {train[i] for i in order[keep:]}
+    return {u: "source_only" if u in dropped else r for u, r in roles.items()}
+
+
 def split_files(splits_dir: Path | None, beta: float, seed: int) -> tuple[str | None, str | None]:
     if splits_dir is None:
         return None, None
@@ -174,6 +190,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 valid_users_file=valid_file,
             )
             roles = assign_roles(src_users, tgt_users, split)
+            if args.overlap_fraction is not None:
+                roles = few_overlap(roles, args.overlap_fraction, seed)
             for half, split_roles in role_sets(roles, args.users, seed):
                 roles_df = pl.DataFrame(
                     {
@@ -206,6 +224,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "test_users": int(len(data.cold_users("test"))),
                         "users": args.users,  # the cold users the metrics are taken on
                         "break_link": args.break_link,  # negative control: its seed, or None
+                        "overlap_fraction": args.overlap_fraction,  # None: every overlap user
                         "ranked_users": row.get("ranked_users"),
                         "selection": row.get("info"),
                         # for paired tests between methods (benchmarks/significance.py)
@@ -324,6 +343,13 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: not a share in (0, 1]")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -374,6 +400,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="negative control: hand the source histories to other users at random (a "
         "permutation drawn with SEED), so that no cross-domain signal is left (a --profiles "
         "store keeps the real link: its profiles were written from the real histories)",
+    )
+    p.add_argument(
+        "--overlap-fraction",
+        type=_fraction,
+        metavar="F",
+        help="keep only this share of each split's training overlap users (drawn with the "
+        "seed); the others become source-only users: the few-overlap regime of a new pair",
     )
     p.add_argument("--out", type=Path, help="write the JSON records here")
     args = p.parse_args(argv)

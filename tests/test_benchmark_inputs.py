@@ -113,6 +113,40 @@ def test_break_link_hands_each_history_to_another_user_and_keeps_the_rest():
     assert break_link(inter, seed=7).equals(out)  # the same seed, the same permutation
 
 
+def test_overlap_fraction_keeps_a_share_of_the_training_overlap_users(tmp_path):
+    """`--overlap-fraction`: a seeded share of the training overlap users stays, the others
+    become source-only users (the fit sees only the kept ones); the test and validation users
+    are the same as without it, and the records say which share."""
+    import json
+
+    from benchmarks.cold_start import few_overlap, main
+
+    roles = _two_domains(tmp_path)
+    thin = few_overlap(roles, 0.25, seed=1)
+    train = [u for u, r in roles.items() if r == "train_overlap"]
+    kept = [u for u, r in thin.items() if r == "train_overlap"]
+    assert len(kept) == round(0.25 * len(train)) and set(kept) < set(train)
+    assert {u for u, r in thin.items() if r == "source_only"} == set(train) - set(kept)
+    assert all(thin[u] == r for u, r in roles.items() if r != "train_overlap")
+    assert few_overlap(roles, 0.25, seed=1) == thin != few_overlap(roles, 0.25, seed=2)
+
+    argv = ["--source", str(tmp_path / "src.inter"), "--target", str(tmp_path / "tgt.inter")]
+    argv += ["--betas", "0.5", "--seeds", "1", "--methods", "popularity,cd_ease"]
+    argv += ["--params", str(tmp_path / "none.yaml")]
+    runs = {}
+    for name, extra in (("all", []), ("few", ["--overlap-fraction", "0.25"])):
+        assert main([*argv, *extra, "--out", str(tmp_path / f"{name}.json")]) == 0
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    ease = {k: next(r for r in v if r["method"] == "cd_ease") for k, v in runs.items()}
+    assert ease["few"]["selection"]["rank"] == len(kept)  # one SVD direction per kept user
+    assert ease["all"]["selection"]["rank"] > len(kept)
+    assert ease["few"]["per_user"]["user_id"] == ease["all"]["per_user"]["user_id"]
+    assert {r["overlap_fraction"] for r in runs["few"]} == {0.25}
+    assert {r["overlap_fraction"] for r in runs["all"]} == {None}
+    with pytest.raises(SystemExit):
+        main([*argv, "--overlap-fraction", "0"])
+
+
 def test_selection_table_picks_by_both_rules_and_reads_the_picks_test_values():
     """benchmarks.selection: per split, the highest validation mean and auto's rule, each
     with its test value."""
