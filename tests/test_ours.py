@@ -11,7 +11,7 @@ import torch
 from pipeline.cdr import harness, store
 from pipeline.cdr.configs import MFConfig, OursConfig, TrainParams
 from pipeline.cdr.methods import METHODS
-from pipeline.cdr.methods.ours import Ours, _per_user_scale, _standardiser
+from pipeline.cdr.methods.ours import Ours, _epoch_rows, _per_user_scale, _standardiser
 from pipeline.errors import PipelineError
 from tests.conftest import TINY_MF
 
@@ -175,6 +175,22 @@ def test_a_batch_of_side_users_alone_still_trains_the_unconditional_branch(fitte
     loss = ours._generator_loss(side, torch.zeros(8, dtype=torch.bool), latents, targets, gen)
     loss.backward()
     assert ours.denoiser.null.grad is not None and ours.denoiser.null.grad.abs().sum() > 0
+
+
+def test_an_epoch_takes_at_most_as_many_side_users_as_overlap_users():
+    """Side users train the unconditional branch; with thousands of them against a few hundred
+    overlap users an epoch holds every overlap user and an equal draw of side users, a fresh
+    one each epoch, so every side user still takes turns."""
+    draw = np.random.default_rng(0)
+    epochs = [_epoch_rows(10, 200, draw) for _ in range(300)]
+    for rows in epochs:
+        assert rows[:10].tolist() == list(range(10)) and len(rows) == 20
+        assert len(set(rows[10:].tolist())) == 10 and rows[10:].min() >= 10
+    assert len({tuple(r) for r in epochs}) > 1
+    assert set(np.concatenate(epochs).tolist()) == set(range(210))
+    # as many side users as overlap users or fewer (the dense data, the embedded sample): all
+    assert _epoch_rows(10, 10, draw).tolist() == list(range(20))
+    assert _epoch_rows(10, 0, draw).tolist() == list(range(10))
 
 
 def test_the_rating_head_carries_taste_not_only_generosity():
