@@ -353,8 +353,8 @@ class Ours(StepsSwitch, Method):
         cfg = self.config
         gen = torch.Generator().manual_seed(ctx.seed + 37)
         # The twin is a plain regressor: it learns from the overlap users alone.
+        # Overlap users first: a row is an overlap user's when its index is below len(overlap).
         users = np.concatenate([overlap, side]) if cfg.diffusion else overlap
-        is_overlap = torch.as_tensor(np.isin(users, overlap))
         rows = item_space.target_rows(ctx.data, users)  # the task loss's targets, sparse
         params = [
             *self.encoder.parameters(),
@@ -373,9 +373,8 @@ class Ours(StepsSwitch, Method):
             take = _epoch_rows(len(overlap), len(users) - len(overlap), draw)
             for batch in minibatches(len(take), cfg.batch_size, gen):
                 b = take[batch.numpy()]
-                loss = self._generator_loss(
-                    users[b], is_overlap[torch.as_tensor(b)], latents, rows[b], gen
-                )
+                is_overlap = torch.as_tensor(b < len(overlap))
+                loss = self._generator_loss(users[b], is_overlap, latents, rows[b], gen)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
