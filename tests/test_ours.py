@@ -147,7 +147,8 @@ def test_experts_are_standardised_per_user():
 
 
 @pytest.mark.parametrize("name", ["ours_deterministic", "ours_no_item_map", "ours_no_side_users"])
-def test_ablations_train_and_differ_where_they_should(tiny_data, tiny_base, name):
+def test_ablations_train_and_differ_where_they_should(fitted, tiny_data, tiny_base, name):
+    ours = fitted.methods["ours"]
     fitted = fit(tiny_data, tiny_base, [name])
     method = fitted.methods[name]
     assert isinstance(method, METHODS["ours"])
@@ -159,6 +160,8 @@ def test_ablations_train_and_differ_where_they_should(tiny_data, tiny_base, name
         assert width == FAST.latent_dim + 1 + int(method.src_map.shape[1])
     if name == "ours_deterministic":
         assert not method.config.diffusion and method.guidance == 1.0
+    # The latent space is the overlap users' alone: side users train only the generator.
+    torch.testing.assert_close(method.decoder.basis, ours.decoder.basis)
 
 
 def test_a_batch_of_side_users_alone_still_trains_the_unconditional_branch(fitted, tiny_data):

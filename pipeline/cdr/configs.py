@@ -95,7 +95,7 @@ class OursConfig(BaseModel):
     ]
     item_map: bool = True  # the closed-form item map as the generator's partner expert
     diffusion: bool = True  # false: the same network as a deterministic regressor (ablation)
-    side_users: bool = True  # target-only users train the autoencoder and the unconditional branch
+    side_users: bool = True  # target-only users train the unconditional branch
     sample_steps: int = Field(10, ge=1)  # DPM-Solver++ steps at generation
     epochs: int = Field(150, ge=1)  # most epochs; the checkpoint is picked on valid_cold users
     lr: float = Field(1e-3, gt=0)

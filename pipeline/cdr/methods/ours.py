@@ -2,9 +2,12 @@
 
 One model, four parts, each fitted once (no validation-fitted blend):
 
-1. **Target autoencoder.** A linear autoencoder over the target interaction vectors of every
-   *visible* target user, side users included (L-DiffRec's compressed item space): the top
-   ``latent_dim`` right singular vectors ``V`` of the row-normalised interaction matrix. A
+1. **Target autoencoder.** A linear autoencoder over the target interaction vectors of the
+   overlap users (L-DiffRec's compressed item space): the top ``latent_dim`` right singular
+   vectors ``V`` of their row-normalised interaction matrix. Side users are left out of the
+   basis: it should span what the generator is asked to produce, the targets of users known
+   in both catalogues, and a few hundred of those next to thousands of side users would
+   otherwise get a basis shaped by the side users' rows. A
    user's latent is ``z = x_t V / scale``; a latent decodes to scores over every target item by
    a matrix product (:class:`~models.generator.LatentDecoder`), so it keeps item-level
    co-occurrence that a 10-64-d MF vector throws away.
@@ -299,8 +302,7 @@ class Ours(StepsSwitch, Method):
         self.vocab = item_space.vocabulary(
             item_space.source_rows(ctx.src, overlap, data.n_src_items)
         )
-        visible = np.concatenate([overlap, side]) if cfg.side_users else overlap
-        basis, latents = self._fit_autoencoder(ctx, visible, ctx.seed)
+        basis, latents = self._fit_autoencoder(ctx, overlap, ctx.seed)
         if cfg.item_map:
             self._fit_item_map(ctx, overlap)
             # The map's scores seen through the autoencoder: a latent the generator starts from.
@@ -317,19 +319,19 @@ class Ours(StepsSwitch, Method):
             self._fit_rating_head(ctx, overlap)
 
     def _fit_autoencoder(
-        self, ctx: FitContext, visible: np.ndarray, seed: int
+        self, ctx: FitContext, overlap: np.ndarray, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(decoder basis (n_items, dim), every user's target latent (n_users, dim)) from the
-        visible target users."""
+        overlap users' target rows."""
         dim = self.config.latent_dim
         xt = item_space.normalise_rows(
             item_space.target_rows(ctx.data, np.arange(ctx.data.n_users))
         )
-        _, _, v = item_space.truncated_svd(xt[visible], dim, seed)
+        _, _, v = item_space.truncated_svd(xt[overlap], dim, seed)
         basis = np.zeros((ctx.data.n_tgt_items, dim))
-        basis[:, : v.shape[1]] = v  # fewer visible users than dimensions: zero columns
+        basis[:, : v.shape[1]] = v  # fewer overlap users than dimensions: zero columns
         z = np.asarray(xt @ basis)
-        scale = float(z[ctx.data.users("train_overlap")].std()) or 1.0
+        scale = float(z[overlap].std()) or 1.0
         latents = torch.as_tensor(z / scale, dtype=torch.float32)
         return torch.as_tensor(basis * scale, dtype=torch.float32), latents
 
