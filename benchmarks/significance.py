@@ -163,9 +163,20 @@ def main(argv=None) -> None:
     p.add_argument("--method", default="ours")
     p.add_argument("--against", help="the other method (default: the best other, per metric)")
     p.add_argument("--metrics", default="mae,rmse,ndcg@10,hit@10")
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="records of an earlier run (say, the committed file before a change): --method is "
+        "tested against itself there, paired by user, to measure what the change did",
+    )
     args = p.parse_args(argv)
     records = [r for path in args.results for r in json.loads(path.read_text())]
-    print(table(records, args.method, tuple(args.metrics.split(",")), args.against))
+    against = args.against
+    if args.before is not None:
+        against = f"{args.method} (before)"
+        earlier = json.loads(args.before.read_text())
+        records += [{**r, "method": against} for r in earlier if r["method"] == args.method]
+    print(table(records, args.method, tuple(args.metrics.split(",")), against))
 
 
 if __name__ == "__main__":

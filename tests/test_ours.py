@@ -148,12 +148,11 @@ def test_experts_are_standardised_per_user():
 
 @pytest.mark.parametrize("name", ["ours_deterministic", "ours_no_item_map", "ours_no_side_users"])
 def test_ablations_train_and_differ_where_they_should(fitted, tiny_data, tiny_base, name):
-    ours = fitted.methods["ours"]
-    fitted = fit(tiny_data, tiny_base, [name])
-    method = fitted.methods[name]
+    ablation = fit(tiny_data, tiny_base, [name])
+    method = ablation.methods[name]
     assert isinstance(method, METHODS["ours"])
     users = tiny_data.cold_users("valid")[:5]
-    width = method.ranking_factors(fitted.ctx, users).user.shape[1]
+    width = method.ranking_factors(ablation.ctx, users).user.shape[1]
     if name == "ours_no_item_map":
         assert method.src_map is None and width == FAST.latent_dim + 1
     else:
@@ -161,7 +160,7 @@ def test_ablations_train_and_differ_where_they_should(fitted, tiny_data, tiny_ba
     if name == "ours_deterministic":
         assert not method.config.diffusion and method.guidance == 1.0
     # The latent space is the overlap users' alone: side users train only the generator.
-    torch.testing.assert_close(method.decoder.basis, ours.decoder.basis)
+    torch.testing.assert_close(method.decoder.basis, fitted.methods["ours"].decoder.basis)
 
 
 def test_a_batch_of_side_users_alone_still_trains_the_unconditional_branch(fitted, tiny_data):

@@ -70,3 +70,17 @@ def test_best_other_skips_the_method_and_its_ablations():
     assert significance.best_other(records, 0.2, "ours", "ndcg@10") == "cd_ease"
     line = significance.table(records, metrics=("ndcg@10",)).splitlines()[-1]
     assert line.startswith("| 0.2 | ndcg@10 | 0.5000 | cd_ease 0.4000 | +0.1000")
+
+
+def test_before_compares_a_method_with_itself_in_an_earlier_run(tmp_path, capsys):
+    """``--before FILE``: what a change did to a method, paired by user across two runs."""
+    import json
+
+    base = np.random.default_rng(2).random(100)
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps([record("ours", 1, base), record("cd_ease", 1, base + 0.5)]))
+    after.write_text(json.dumps([record("ours", 1, np.clip(base + 0.1, 0, 1))]))
+    significance.main([str(after), "--before", str(before), "--metrics", "ndcg@10"])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert "ours (before)" in row and "cd_ease" not in row
+    assert float(row.split("|")[5].split()[0]) > 0.05 and row.split("|")[6].strip() == "0.000"
