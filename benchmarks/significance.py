@@ -161,9 +161,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Paired bootstrap of one method against another.")
     p.add_argument("results", type=Path, nargs="+", help="JSON records of benchmarks.cold_start")
     p.add_argument("--method", default="ours")
-    p.add_argument("--against", help="the other method (default: the best other, per metric)")
+    other = p.add_mutually_exclusive_group()
+    other.add_argument("--against", help="the other method (default: the best other, per metric)")
     p.add_argument("--metrics", default="mae,rmse,ndcg@10,hit@10")
-    p.add_argument(
+    other.add_argument(
         "--before",
         type=Path,
         help="records of an earlier run (say, the committed file before a change): --method is "

@@ -84,3 +84,5 @@ def test_before_compares_a_method_with_itself_in_an_earlier_run(tmp_path, capsys
     row = capsys.readouterr().out.splitlines()[-1]
     assert "ours (before)" in row and "cd_ease" not in row
     assert float(row.split("|")[5].split()[0]) > 0.05 and row.split("|")[6].strip() == "0.000"
+    with pytest.raises(SystemExit):  # one other method or the earlier run, not both
+        significance.main([str(after), "--before", str(before), "--against", "cd_ease"])
