@@ -155,3 +155,22 @@ def test_cd_ease_is_the_ridge_map_of_unit_length_source_rows(fitted):
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     got = method.ranking_factors(ctx, users).scores().numpy()
     np.testing.assert_allclose(got, x @ w, atol=1e-4)
+
+
+def test_centred_source_rows_hold_each_rating_minus_the_users_mean(fitted):
+    """The same pattern as the binary rows; each value is the rating less the mean of every
+    source rating of that user (the items dropped by ``liked`` still count in the mean)."""
+    ctx = fitted.ctx
+    users = ctx.data.cold_users("test")[:8]
+    n = ctx.data.n_src_items
+    binary = item_space.source_rows(ctx.src, users, n)
+    centred = item_space.source_rows(ctx.src, users, n, centred=True)
+    for row, u in enumerate(users):
+        lo, hi = ctx.src.indptr[u], ctx.src.indptr[u + 1]
+        expect = np.zeros(n)
+        expect[ctx.src.items[lo:hi]] = ctx.src.ratings[lo:hi] - ctx.src.ratings[lo:hi].mean()
+        np.testing.assert_allclose(centred[row].toarray().ravel(), expect, atol=1e-5)
+        assert set(centred[row].indices) == set(binary[row].indices)
+    liked = item_space.source_rows(ctx.src, users, n, liked=4.0, centred=True)
+    assert liked.nnz == item_space.source_rows(ctx.src, users, n, liked=4.0).nnz
+    assert set(liked.data) <= set(centred.data)

@@ -195,16 +195,32 @@ def test_an_epoch_takes_at_most_as_many_side_users_as_overlap_users():
     assert _epoch_rows(10, 0, draw).tolist() == list(range(10))
 
 
-def test_the_rating_head_carries_taste_not_only_generosity():
-    """Two taste groups that rate alike on average: group A likes the A movies (5) and dislikes
-    the few B movies it watches (2), group B the reverse. Item means and rating habits are the
-    same for everyone, so only the item map's score can tell a cold user's A movies from their
-    B movies; the head must learn a positive weight for it from the training users."""
+def _rating_head_alone(rows: list[tuple], roles: dict[str, str]):
+    """(data, fitted ours, the test users' predicted ratings over every target item) from
+    (user, item, domain, rating) rows, with the generated latent's term zeroed: what the
+    head's closed-form terms predict."""
     import polars as pl
 
     from pipeline.cdr import data as cdr_data
     from pipeline.cdr.base import fit_base_models
 
+    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "domain", "rating"], orient="row")
+    table = pl.DataFrame({"user_id": list(roles), "role": list(roles.values())})
+    data = cdr_data.build(inter, table, "src", "tgt")
+    base = fit_base_models(data, MFConfig(**TINY_MF), 0)
+    fitted = fit(data, base, ["ours"])
+    ours = fitted.methods["ours"]
+    with torch.no_grad():
+        ours.rating_items.weight.zero_()
+    scores = ours.rating_factors(fitted.ctx, data.cold_users("test")).scores().numpy()
+    return data, ours, scores
+
+
+def test_the_rating_head_carries_taste_not_only_generosity():
+    """Two taste groups that rate alike on average: group A likes the A movies (5) and dislikes
+    the few B movies it watches (2), group B the reverse. Item means and rating habits are the
+    same for everyone, so only the item map's score can tell a cold user's A movies from their
+    B movies; the head must learn a positive weight for it from the training users."""
     rows, roles = [], {}
     for u in range(160):
         group, other = ("a", "b") if u % 2 else ("b", "a")
@@ -213,17 +229,9 @@ def test_the_rating_head_carries_taste_not_only_generosity():
         rows += [(user, f"s{group}{i}", "src", 4.0) for i in range(5) if (u + i) % 5]
         rows += [(user, f"t{group}{i}", "tgt", 5.0) for i in range(6) if (u + i) % 6]
         rows += [(user, f"t{other}{i}", "tgt", 2.0) for i in range(6) if (u + i) % 3 == 0]
-    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "domain", "rating"], orient="row")
-    table = pl.DataFrame({"user_id": list(roles), "role": list(roles.values())})
-    data = cdr_data.build(inter, table, "src", "tgt")
-    base = fit_base_models(data, MFConfig(**TINY_MF), 0)
-    fitted = fit(data, base, ["ours"])
-    ours = fitted.methods["ours"]
+    data, ours, scores = _rating_head_alone(rows, roles)
     assert ours.info["rating"]["map_weight"] > 0
-    with torch.no_grad():  # the map term alone: no help from the generated latent
-        ours.rating_items.weight.zero_()
     test = data.cold_users("test")
-    scores = ours.rating_factors(fitted.ctx, test).scores().numpy()
     own = np.array(
         [
             [i.startswith("ta") == (int(u[1:]) % 2 == 1) for i in data.tgt_item_ids]
@@ -234,3 +242,33 @@ def test_the_rating_head_carries_taste_not_only_generosity():
     assert (
         scores[own].reshape(len(test), -1).min(1) > scores[~own].reshape(len(test), -1).max(1)
     ).all()
+
+
+def test_the_rating_head_reads_taste_from_how_source_items_were_rated():
+    """Two taste groups that watch the same kinds of items: each user watches 6 of 10 paired
+    titles (a source item and its target counterpart, which go together), half of them A
+    titles, half B. Group A rates A titles 5 and B titles 2, group B the reverse. Which items a
+    user had says nothing of the group, and item means and rating habits are the same for
+    both, so only *how* the user rated their source items tells which of their target
+    counterparts they will like: the head must learn a positive weight for that score."""
+    rng = np.random.default_rng(0)
+    rows, roles, watched = [], {}, {}
+    for u in range(200):
+        user, likes_a = f"u{u:03d}", bool(u % 2)
+        roles[user] = "train_overlap" if u < 150 else ("valid_cold" if u < 170 else "test_cold")
+        titles = [f"a{i}" for i in rng.choice(5, 3, replace=False)]
+        titles += [f"b{i}" for i in rng.choice(5, 3, replace=False)]
+        watched[user] = titles
+        for title in titles:
+            rating = 5.0 if title.startswith("a") == likes_a else 2.0
+            rows += [(user, f"s{title}", "src", rating), (user, f"t{title}", "tgt", rating)]
+    data, ours, scores = _rating_head_alone(rows, roles)
+    assert ours.info["rating"]["taste_weight"] > 0
+    test = data.cold_users("test")
+    column = {item: j for j, item in enumerate(data.tgt_item_ids)}
+    for row, user in enumerate(data.user_ids[test]):
+        likes_a = bool(int(user[1:]) % 2)
+        own = [column[f"t{t}"] for t in watched[user] if t.startswith("a") == likes_a]
+        other = [column[f"t{t}"] for t in watched[user] if t.startswith("a") != likes_a]
+        # The counterparts of the titles they rated 5 are predicted above those they rated 2.
+        assert scores[row, own].min() > scores[row, other].max(), user

@@ -36,23 +36,34 @@ _BLOCK_ITEMS = 4096
 
 
 def source_rows(
-    src: SourceView, users: np.ndarray, n_items: int, *, liked: float | None = None
+    src: SourceView,
+    users: np.ndarray,
+    n_items: int,
+    *,
+    liked: float | None = None,
+    centred: bool = False,
 ) -> sp.csr_matrix:
     """(len(users), n_items) binary matrix of the users' source items (only the items rated
-    ``>= liked`` when ``liked`` is given)."""
+    ``>= liked`` when ``liked`` is given). ``centred``: the same pattern holding each rating
+    minus the user's mean source rating instead of 1 (the view holds one rating per pair)."""
     users = np.asarray(users, dtype=np.int64)
     starts, counts = src.indptr[users], src.indptr[users + 1] - src.indptr[users]
     offsets = np.cumsum(counts) - counts
     take = np.arange(int(counts.sum())) - np.repeat(offsets - starts, counts)
     rows = np.repeat(np.arange(len(users)), counts)
     items = src.items[take]
+    values = np.ones(len(rows), dtype=np.float32)
+    if centred:
+        ratings = src.ratings[take].astype(np.float64)
+        mean = np.bincount(rows, weights=ratings, minlength=len(users)) / np.maximum(counts, 1)
+        values = (ratings - mean[rows]).astype(np.float32)
     if liked is not None:
         keep = src.ratings[take] >= liked
-        rows, items = rows[keep], items[keep]
-    values = np.ones(len(rows), dtype=np.float32)
+        rows, items, values = rows[keep], items[keep], values[keep]
     out = sp.csr_matrix((values, (rows, items)), shape=(len(users), n_items))
     out.sum_duplicates()
-    out.data[:] = 1.0
+    if not centred:
+        out.data[:] = 1.0
     return out
 
 

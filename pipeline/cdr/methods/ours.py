@@ -30,13 +30,17 @@ One model, four parts, each fitted once (no validation-fitted blend):
    (exactly, from its item vectors' covariance, without scoring every item) and summed with
    equal weights, so neither is tuned against the other.
 4. **Rating head** (explicit data): ``shrunk item mean + habit-read user bias + a * m_ui +
-   <z_hat, q_i>``: the bias is :class:`~pipeline.cdr.methods.baselines.HabitBias`'s readout;
-   ``m_ui`` is the item map's score of item ``i`` for the user, centred and standardised over
-   the items (users rate higher what the map expects them to pick), with one weight ``a``
-   (and an intercept, added to the readout's) fitted by least squares on the overlap users'
-   ratings from *cross-fitted* maps (each user's score from a map fitted without them, so ``a``
-   is what the map's score is worth for a new user); the item vectors ``q`` are learned on
-   what is left, from the *generated* latents.
+   b * t_ui + <z_hat, q_i>``: the bias is :class:`~pipeline.cdr.methods.baselines.HabitBias`'s
+   readout; ``m_ui`` is the item map's score of item ``i`` for the user, centred and
+   standardised over the items (users rate higher what the map expects them to pick);
+   ``t_ui`` is the same map applied to the user's source ratings centred on their own mean
+   (their taste: the target items that go with the source items they rated above their
+   average come out high, those that go with the ones they rated below it low), centred over
+   the items. The weights ``a`` and ``b`` (and an intercept, added to the readout's) are fitted
+   by least squares on the overlap users' ratings from *cross-fitted* maps (each user's
+   scores from a map fitted without them, so the weights are what the scores are worth for a
+   new user); the item vectors ``q`` are learned on what is left, from the *generated*
+   latents.
 
 Model selection uses the validation cold users only: the item map's penalty, the generator's
 checkpoint and guidance scale by the product's NDCG@10, the rating head's epoch by RMSE.
@@ -108,6 +112,12 @@ def _per_user_scale(user: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return var.clamp_min(1e-18).rsqrt().float()[:, None]
 
 
+def _taste_rows(history: sp.csr_matrix, centred: sp.csr_matrix) -> sp.csr_matrix:
+    """The users' centred source ratings over the vocabulary (``centred``, restricted to it),
+    weighted per user as their map rows ``history`` are (1/sqrt(n))."""
+    return history.multiply(centred).tocsr()
+
+
 def _map_vectors(history: sp.csr_matrix, src_map: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """An item map's user vectors for these source rows, scaled so that their scores over the
     map's items (covariance ``cov``) have unit spread."""
@@ -129,6 +139,7 @@ class Ours(StepsSwitch, Method):
         "readout",
         "item_offset",
         "affinity",
+        "taste",
     )
     shape_attributes = ("vocab", "inputs", "src_map", "map_items", "map_latent")
     drops_inputs: ClassVar[tuple[str, ...]] = ()  # ablations: condition inputs left out
@@ -145,6 +156,7 @@ class Ours(StepsSwitch, Method):
         self.readout: list[float] = []
         self.inputs: dict[str, int] | None = None  # condition input widths, by name
         self.affinity = 0.0  # the rating head's weight of the item map's score
+        self.taste = 0.0  # its weight of the map's score of the user's centred ratings
         self.src_map = self.map_items = self.map_latent = self.item_offset = None
         self.penalty = self.unit = None  # the map's penalty and its unit (fit only)
 
@@ -184,6 +196,12 @@ class Ours(StepsSwitch, Method):
         unit length as the item map takes them (the encoder reads only which items)."""
         xs = item_space.source_rows(ctx.src, users, ctx.data.n_src_items)
         return item_space.map_rows(xs, self.vocab)
+
+    def _taste(self, ctx: FitContext, users: np.ndarray) -> sp.csr_matrix:
+        """The rating head's taste rows of ``users``: their source ratings minus their own
+        mean rating, over the vocabulary, weighted as the map's rows."""
+        centred = item_space.source_rows(ctx.src, users, ctx.data.n_src_items, centred=True)
+        return _taste_rows(self._history(ctx, users), item_space.restrict(centred, self.vocab))
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
@@ -287,9 +305,14 @@ class Ours(StepsSwitch, Method):
             [z, torch.as_tensor(bias, dtype=torch.float32)[:, None], torch.ones(n, 1)], 1
         )
         item = torch.cat([weights, torch.ones(m, 1), self.item_offset[:, None]], 1)
-        if self.src_map is not None:  # a * m_ui: the centred, standardised map score
+        if self.src_map is not None:
+            # a * m_ui + b * t_ui: the map's score (standardised) and its taste score, both
+            # centred over the items
+            taste = torch.as_tensor(self._taste(ctx, users) @ self.src_map.numpy()).float()
+            centred = self.map_items - self.map_mean.float()
             user = torch.cat([user, self.affinity * self._map_user(ctx, users)], 1)
-            item = torch.cat([item, self.map_items - self.map_mean.float()], 1)
+            user = torch.cat([user, self.taste * taste], 1)
+            item = torch.cat([item, centred, centred], 1)
         return Factors(user, item)
 
     # ------------------------------------------------------------------ training
@@ -437,8 +460,8 @@ class Ours(StepsSwitch, Method):
         return loss
 
     def _fit_rating_head(self, ctx: FitContext, overlap: np.ndarray) -> None:
-        """Habit readout (closed form), shrunk item means, the map score's weight (closed form,
-        cross-fitted), then the item vectors ``q`` on the overlap users' residual ratings from
+        """Habit readout (closed form), shrunk item means, the weights of the map's two scores
+        (closed form, cross-fitted), then the item vectors ``q`` on the overlap users' residual ratings from
         their generated latents; epoch by valid RMSE."""
         data = ctx.data
         tr = data.tgt_train
@@ -452,16 +475,16 @@ class Ours(StepsSwitch, Method):
         item = torch.as_tensor(tr.item[keep])
         resid = tr.rating[keep] - self.item_offset.numpy()[tr.item[keep]] - bias[pos]
         if self.src_map is not None:
-            score = self._cross_fitted_scores(ctx, overlap, pos, tr.item[keep])
+            score, taste = self._cross_fitted_scores(ctx, overlap, pos, tr.item[keep])
             # Against the leave-one-out offsets, as the readout: a rating never explains itself.
             loo = tr.rating[keep] - habits.others_mean(tr, keep, strength) - bias[pos]
             # With an intercept: the rated items are the map's likely picks, so their mean
             # score is above 0 and a weight alone would also shift every prediction up.
-            design = np.stack([score, np.ones_like(score)], 1)
-            weight, shift = np.linalg.lstsq(design, loo, rcond=None)[0]
-            self.affinity = float(weight)
+            design = np.stack([score, taste, np.ones_like(score)], 1)
+            weight, taste_weight, shift = np.linalg.lstsq(design, loo, rcond=None)[0]
+            self.affinity, self.taste = float(weight), float(taste_weight)
             self.readout = [*self.readout[:-1], round(self.readout[-1] + float(shift), 6)]
-            resid = resid - self.affinity * score - shift
+            resid = resid - self.affinity * score - self.taste * taste - shift
         resid = torch.as_tensor(resid, dtype=torch.float32)
         row = torch.as_tensor(pos)
         gen = torch.Generator().manual_seed(ctx.seed + 41)
@@ -487,20 +510,22 @@ class Ours(StepsSwitch, Method):
         self.rating_items.load_state_dict(stop.best_state)
         self.info["rating"] = {
             "map_weight": self.affinity,
+            "taste_weight": self.taste,
             "epoch": stop.best_epoch,
             "valid_rmse": stop.best,
         }
 
     def _cross_fitted_scores(
         self, ctx: FitContext, overlap: np.ndarray, pos: np.ndarray, items: np.ndarray
-    ) -> np.ndarray:
-        """The centred, standardised map score of each (overlap user ``pos``, target item)
-        pair, from the map fitted on the other ``FOLDS - 1`` folds of users (same relative
-        penalty)."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(the centred, standardised map score, the centred taste score) of each (overlap user
+        ``pos``, target item) pair, from the map fitted on the other ``FOLDS - 1`` folds of
+        users (same relative penalty)."""
         xs = self._history(ctx, overlap)
+        taste = self._taste(ctx, overlap)
         xt = item_space.target_rows(ctx.data, overlap)
         fold = np.random.default_rng(ctx.seed + 43).permutation(len(overlap)) % FOLDS
-        out = np.zeros(len(pos))
+        out = np.zeros((2, len(pos)))
         for f in range(FOLDS):
             held = fold == f
             if not held.any() or held.all():
@@ -509,13 +534,19 @@ class Ours(StepsSwitch, Method):
             # The same penalty relative to the Gram's mean diagonal, which shrinks with the fold.
             src_map, map_items = basis.factors(self.penalty * basis.mean_diagonal / self.unit)
             mean, cov = _standardiser(map_items)
-            factors = Factors(_map_vectors(xs[held], src_map, cov), map_items - mean.float())
+            centred = map_items - mean.float()
+            users = (
+                _map_vectors(xs[held], src_map, cov),
+                torch.as_tensor(taste[held] @ src_map.numpy()).float(),
+            )
             row = (np.cumsum(held) - 1)[pos]  # position among the fold's users
             todo = np.flatnonzero(held[pos])
-            for lo in range(0, len(todo), PAIR_CHUNK):  # (chunk, rank) at a time, not (nnz, rank)
-                part = todo[lo : lo + PAIR_CHUNK]
-                out[part] = factors.pairs(row[part], items[part])
-        return out
+            for k, user in enumerate(users):
+                factors = Factors(user, centred)
+                for lo in range(0, len(todo), PAIR_CHUNK):  # (chunk, rank) at a time
+                    part = todo[lo : lo + PAIR_CHUNK]
+                    out[k, part] = factors.pairs(row[part], items[part])
+        return out[0], out[1]
 
 
 def _epoch_rows(n_overlap: int, n_side: int, draw: np.random.Generator) -> np.ndarray:
