@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import torch
 
 from benchmarks import significance
 from pipeline.cdr import features, harness
@@ -221,6 +222,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "train_seconds": row["train_seconds"],
                         "infer_seconds": row["infer_seconds"],
                         "base_seconds": fitted.ctx.base.seconds,
+                        # Training is reproducible for a given thread count, not across counts.
+                        "torch_threads": torch.get_num_threads(),
                         "test_users": int(len(data.cold_users("test"))),
                         "users": args.users,  # the cold users the metrics are taken on
                         "break_link": args.break_link,  # negative control: its seed, or None

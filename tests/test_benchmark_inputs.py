@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.cold_start import condition_inputs
 from pipeline.cdr.configs import TrainParams
@@ -55,6 +56,8 @@ def test_users_valid_reports_on_the_validation_users(tmp_path):
         assert {r["users"] for r in records} == {which}
         # every cold user has a positive (all ratings >= 4), so all of them are ranked
         assert {r["ranked_users"] for r in records} == {count[role]}
+        # training is reproducible for a given torch thread count: the records name it
+        assert {r["torch_threads"] for r in records} == {torch.get_num_threads()}
 
 
 def test_users_valid_halves_select_on_one_half_and_measure_the_other(tmp_path):
