@@ -112,12 +112,6 @@ def _per_user_scale(user: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return var.clamp_min(1e-18).rsqrt().float()[:, None]
 
 
-def _taste_rows(history: sp.csr_matrix, centred: sp.csr_matrix) -> sp.csr_matrix:
-    """The users' centred source ratings over the vocabulary (``centred``, restricted to it),
-    weighted per user as their map rows ``history`` are (1/sqrt(n))."""
-    return history.multiply(centred).tocsr()
-
-
 def _map_vectors(history: sp.csr_matrix, src_map: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """An item map's user vectors for these source rows, scaled so that their scores over the
     map's items (covariance ``cov``) have unit spread."""
@@ -201,7 +195,8 @@ class Ours(StepsSwitch, Method):
         """The rating head's taste rows of ``users``: their source ratings minus their own
         mean rating, over the vocabulary, weighted as the map's rows."""
         centred = item_space.source_rows(ctx.src, users, ctx.data.n_src_items, centred=True)
-        return _taste_rows(self._history(ctx, users), item_space.restrict(centred, self.vocab))
+        # The history's entries are 1/sqrt(n) on the same items: the map rows' weights.
+        return self._history(ctx, users).multiply(item_space.restrict(centred, self.vocab)).tocsr()
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
@@ -461,8 +456,8 @@ class Ours(StepsSwitch, Method):
 
     def _fit_rating_head(self, ctx: FitContext, overlap: np.ndarray) -> None:
         """Habit readout (closed form), shrunk item means, the weights of the map's two scores
-        (closed form, cross-fitted), then the item vectors ``q`` on the overlap users' residual ratings from
-        their generated latents; epoch by valid RMSE."""
+        (closed form, cross-fitted), then the item vectors ``q`` on the overlap users' residual
+        ratings from their generated latents; epoch by valid RMSE."""
         data = ctx.data
         tr = data.tgt_train
         offset, strength = shrunk_item_means(ctx)
