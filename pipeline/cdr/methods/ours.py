@@ -191,12 +191,12 @@ class Ours(StepsSwitch, Method):
         xs = item_space.source_rows(ctx.src, users, ctx.data.n_src_items)
         return item_space.map_rows(xs, self.vocab)
 
-    def _taste(self, ctx: FitContext, users: np.ndarray) -> sp.csr_matrix:
+    def _taste(self, ctx: FitContext, users: np.ndarray, history: sp.csr_matrix) -> sp.csr_matrix:
         """The rating head's taste rows of ``users``: their source ratings minus their own
-        mean rating, over the vocabulary, weighted as the map's rows."""
+        mean rating, over the vocabulary, weighted as their map rows ``history`` (the
+        ``_history`` of the same users: 1/sqrt(n) on the same items)."""
         centred = item_space.source_rows(ctx.src, users, ctx.data.n_src_items, centred=True)
-        # The history's entries are 1/sqrt(n) on the same items: the map rows' weights.
-        return self._history(ctx, users).multiply(item_space.restrict(centred, self.vocab)).tocsr()
+        return history.multiply(item_space.restrict(centred, self.vocab)).tocsr()
 
     def _condition(self, users: np.ndarray, generator=None) -> torch.Tensor:
         """Encoder output (n, width) for ``users`` (rows of the context)."""
@@ -303,10 +303,11 @@ class Ours(StepsSwitch, Method):
         if self.src_map is not None:
             # a * m_ui + b * t_ui: the map's score (standardised) and its taste score, both
             # centred over the items
-            taste = torch.as_tensor(self._taste(ctx, users) @ self.src_map.numpy()).float()
+            history = self._history(ctx, users)  # built once for both scores
+            taste = torch.as_tensor(self._taste(ctx, users, history) @ self.src_map.numpy())
+            scaled = _map_vectors(history, self.src_map, self.map_std)  # as _map_user
             centred = self.map_items - self.map_mean.float()
-            user = torch.cat([user, self.affinity * self._map_user(ctx, users)], 1)
-            user = torch.cat([user, self.taste * taste], 1)
+            user = torch.cat([user, self.affinity * scaled, self.taste * taste.float()], 1)
             item = torch.cat([item, centred, centred], 1)
         return Factors(user, item)
 
@@ -517,7 +518,7 @@ class Ours(StepsSwitch, Method):
         ``pos``, target item) pair, from the map fitted on the other ``FOLDS - 1`` folds of
         users (same relative penalty)."""
         xs = self._history(ctx, overlap)
-        taste = self._taste(ctx, overlap)
+        taste = self._taste(ctx, overlap, xs)
         xt = item_space.target_rows(ctx.data, overlap)
         fold = np.random.default_rng(ctx.seed + 43).permutation(len(overlap)) % FOLDS
         out = np.zeros((2, len(pos)))
